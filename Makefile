@@ -1,0 +1,45 @@
+# featurizer: `make run` serves the embedded demo registry; `make test` runs the whole suite.
+# Both set everything up from scratch on a fresh machine (a venv in .venv, Debian packages for tests).
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PIP       := $(PY) -m pip
+# The torch pair this machine kind installs from local disk (a CUDA build that also runs on CPU).
+TORCH     ?= torch==2.14.1 torchvision==0.29.1
+APT_DEPS  := prometheus dataset-fashion-mnist docker-compose nodejs npm
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps run test test-fast bench bench-quick soak protos lint clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ./client
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with torch, the service, the client and test tools
+
+system-deps: ## Debian packages the tests use (prometheus, Fashion-MNIST, docker-compose, node)
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_DEPS)
+
+run: install ## serve the embedded demo registry on 0.0.0.0:50051 (metrics on :9090)
+	$(VENV)/bin/featurizer serve --host 0.0.0.0 --port 50051 --metrics-port 9090
+
+test: system-deps install ## set up and run the whole suite (what CI runs)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: install ## the suite without re-installing Debian packages
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+protos: install ## regenerate the stubs in client/featurizer_client/v1 from protos/
+	$(PY) protos/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info client/*.egg-info service/*.egg-info

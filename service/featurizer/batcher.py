@@ -1,0 +1,193 @@
+"""Dynamic batching: many callers' images -> one forward pass per batch.
+
+One ``Batcher`` per backbone version. Callers ``submit`` items (one per image); one background
+task owns the queue and starts a batch as soon as the device has a free slot, with whatever is
+queued (up to ``max_batch_size``), so a lone caller never waits for a timer, and while a batch
+runs the next one fills up (continuous batching). With more than one slot, a batch that is not
+full waits at most ``max_delay`` for company. Admission is bounded by ``max_queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Optional, Protocol, TypeVar
+
+from .errors import DeadlineExceeded, FeaturizerError, InferenceFailed, Overloaded, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (metrics implement this; tests may record it)."""
+
+    def on_queue_depth(self, depth: int) -> None: ...
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None: ...
+    def on_drop(self, reason: str, count: int) -> None: ...
+
+
+class _NullObserver:
+    def on_queue_depth(self, depth: int) -> None: ...
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None: ...
+    def on_drop(self, reason: str, count: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T]):
+    item: T
+    future: asyncio.Future
+    deadline: Optional[float]  # loop.time() after which the caller has gone
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher(Generic[T, R]):
+    """Groups items of many callers into batches for ``execute(items) -> results`` (same length)."""
+
+    def __init__(self, execute: Callable[[list[T]], Awaitable[list[R]]], *, name: str,
+                 max_batch_size: int, max_delay_s: float, max_queue: int, max_concurrent_batches: int = 1,
+                 observer: Optional[BatchObserver] = None) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._execute = execute
+        self._observer = observer or _NullObserver()
+        self._queue: deque[_Pending[T]] = deque()
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._running = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: Optional[asyncio.Task] = None
+        self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def submit(self, items: Sequence[T], *, deadline: Optional[float] = None) -> list[R]:
+        """Queue the items (one per image) and wait for their results, in order.
+
+        Raises Overloaded at once when the queue is full; cancelling the caller cancels its
+        queued items, which are then skipped, not computed."""
+        if self._closed:
+            raise Unavailable(f"model {self.name} is unloading; retry")
+        if len(self._queue) + len(items) > self.max_queue:
+            self._observer.on_drop("overload", len(items))
+            raise Overloaded(f"model {self.name} is overloaded: {len(self._queue)} images queued, "
+                             f"limit {self.max_queue}; retry later")
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(item, loop.create_future(), deadline) for item in items]
+        self._queue.extend(pending)
+        self._observer.on_queue_depth(len(self._queue))
+        self._wakeup.set()
+        self.start()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        except BaseException:
+            for p in pending:  # one failed or we were cancelled: the rest are not wanted
+                if not p.future.done():
+                    p.future.cancel()
+            raise
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _collect(self) -> list[_Pending[T]]:
+        """Wait for items; when another batch is running, wait up to max_delay for a full batch."""
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        while self._running > 0 and len(self._queue) < self.max_batch_size:
+            remaining = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return self._take()
+
+    def _take(self) -> list[_Pending[T]]:
+        now = asyncio.get_running_loop().time()
+        batch: list[_Pending[T]] = []
+        cancelled = expired = 0
+        while self._queue and len(batch) < self.max_batch_size:
+            p = self._queue.popleft()
+            if p.future.done():  # caller cancelled (or a sibling item failed)
+                cancelled += 1
+            elif p.deadline is not None and now >= p.deadline:
+                p.future.set_exception(DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
+                expired += 1
+            else:
+                batch.append(p)
+        if cancelled:
+            self._observer.on_drop("cancelled", cancelled)
+        if expired:
+            self._observer.on_drop("deadline", expired)
+        self._observer.on_queue_depth(len(self._queue))
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending[T]]) -> None:
+        started = time.monotonic()
+        self._observer.on_batch(len(batch), [started - p.enqueued for p in batch])
+        try:
+            results = await self._execute([p.item for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
+        except Exception as error:
+            if not isinstance(error, FeaturizerError):
+                log.exception("batch of %d for model %s failed", len(batch), self.name)
+                error = InferenceFailed(f"inference failed for model {self.name}; the server log has details")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(error)
+        else:
+            for p, result in zip(batch, results):
+                if p.future.done():
+                    continue
+                if isinstance(result, BaseException):  # this item's group failed, not the batch
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+        finally:
+            self._running -= 1
+            self._slots.release()
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Stop admitting, let running batches finish, fail what is still queued."""
+        self._closed = True
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(Unavailable(f"model {self.name} was unloaded before this request ran; retry"))
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)

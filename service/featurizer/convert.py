@@ -1,0 +1,90 @@
+"""Protobuf <-> engine types. The only module besides the servicer that knows featurizer.v1."""
+
+from __future__ import annotations
+
+import numpy as np
+from featurizer_client.tensors import TensorFormatError, from_proto, to_proto
+from featurizer_client.v1 import featurizer_pb2 as pb
+
+from .engine import EmbedOptions, Embeddings, Predictions, RawImage
+from .errors import InvalidArgument
+from .models import ModelVersion, State
+
+_POOLING = {pb.POOLING_DEFAULT: "", pb.POOLING_FLATTEN: "flatten", pb.POOLING_AVG: "avg",
+            pb.POOLING_MAX: "max", pb.POOLING_NONE: "none"}
+_OUT_DTYPE = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16"}
+_STATE = {State.LOADING: pb.MODEL_STATE_LOADING, State.AVAILABLE: pb.MODEL_STATE_AVAILABLE,
+          State.FAILED: pb.MODEL_STATE_FAILED, State.UNLOADING: pb.MODEL_STATE_UNLOADING}
+
+
+def images_from_proto(images) -> list[RawImage]:
+    out: list[RawImage] = []
+    for i, image in enumerate(images):
+        source = image.WhichOneof("source")
+        if source == "encoded":
+            out.append(image.encoded)
+        elif source == "tensor":
+            try:
+                array = from_proto(image.tensor)
+            except TensorFormatError as error:
+                raise InvalidArgument(f"images[{i}].tensor: {error}") from None
+            if array.dtype == np.float16:
+                raise InvalidArgument(f"images[{i}].tensor: dtype must be DTYPE_UINT8 (HWC RGB) or DTYPE_FLOAT32 (CHW)")
+            out.append(array)
+        else:
+            raise InvalidArgument(f"images[{i}]: empty; set `encoded` (file bytes) or `tensor`")
+    return out
+
+
+def options_from_proto(options: pb.EmbedOptions, field: str = "options") -> EmbedOptions:
+    if options.pooling not in _POOLING:
+        raise InvalidArgument(f"{field}.pooling: unknown value {options.pooling}")
+    if options.output_dtype not in _OUT_DTYPE:
+        name = pb.DType.Name(options.output_dtype) if options.output_dtype in pb.DType.values() else options.output_dtype
+        raise InvalidArgument(f"{field}.output_dtype: must be DTYPE_FLOAT32 or DTYPE_FLOAT16, got {name}")
+    return EmbedOptions(layer=options.layer, pooling=_POOLING[options.pooling], normalize=options.normalize,
+                        dtype=_OUT_DTYPE[options.output_dtype])
+
+
+def embed_response(result: Embeddings) -> pb.EmbedResponse:
+    return pb.EmbedResponse(model=result.model, version=result.version, embeddings=to_proto(result.array))
+
+
+def predict_response(result: Predictions) -> pb.PredictResponse:
+    response = pb.PredictResponse(model=result.model, version=result.version)
+    for i, scores in enumerate(result.top):
+        prediction = response.predictions.add(
+            positive_probability=result.positive[i] if result.positive else 0.0)
+        for s in scores:
+            prediction.classes.add(index=s.index, label=s.label, probability=s.probability)
+    if result.features is not None:
+        response.features.CopyFrom(to_proto(result.features.array))
+        response.backbone = result.features.model
+        response.backbone_version = result.features.version
+    return response
+
+
+def version_info(mv: ModelVersion) -> pb.ModelVersionInfo:
+    info = pb.ModelVersionInfo(version=mv.version, state=_STATE[mv.state], reason=mv.reason,
+                               output_shape=list(mv.output_shape))
+    m = mv.manifest
+    if m is not None:
+        info.kind, info.architecture, info.sha256 = m.kind, m.architecture, m.weights.sha256
+        info.labels.extend(m.output.labels)
+        if m.backbone is not None:
+            info.backbone, info.backbone_version = m.backbone.model, m.backbone.version
+        else:
+            spec = m.input
+            info.input.CopyFrom(pb.InputSpec(mode=spec.mode, resize=spec.resize or 0, height=spec.height or 0,
+                                             width=spec.width or 0, mean=list(spec.mean), std=list(spec.std)))
+    return info
+
+
+def model_infos(versions: list[ModelVersion]) -> list[pb.ModelInfo]:
+    infos: dict[str, pb.ModelInfo] = {}
+    for mv in versions:
+        info = infos.setdefault(mv.name, pb.ModelInfo(name=mv.name))
+        info.versions.append(version_info(mv))
+        if mv.state is State.AVAILABLE:
+            info.default_version = max(info.default_version, mv.version)
+    return [infos[name] for name in sorted(infos)]

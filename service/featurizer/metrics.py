@@ -1,0 +1,99 @@
+"""Every Prometheus metric featurizer exports, declared once, on a registry owned by the server.
+
+A fresh ``CollectorRegistry`` per ``Metrics`` object lets tests run several servers in one
+process and read ``registry.get_sample_value(...)``. Labels stay low-cardinality: method, model,
+version, state, reason, code, device; never request ids or image sizes.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
+
+
+class Metrics:
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests = Counter("featurizer_requests", "RPCs handled, by gRPC status code name",
+                                ["method", "model", "code"], registry=r)
+        self.request_duration = Histogram("featurizer_request_duration_seconds", "RPC latency",
+                                          ["method", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("featurizer_images", "Images served (successfully embedded or predicted)",
+                              ["model"], registry=r)
+        self.batch_size = Histogram("featurizer_batch_size", "Images per forward pass",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram("featurizer_queue_wait_seconds", "Time an image waited in the batch queue",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.preprocess = Histogram("featurizer_preprocess_seconds", "Decode + resize time per request",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("featurizer_inference_seconds", "Forward pass time per batch",
+                                   ["model", "device"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("featurizer_queue_depth", "Images waiting in the batch queue",
+                                 ["model"], registry=r)
+        self.dropped = Counter("featurizer_dropped", "Images not computed: cancelled, deadline or overload",
+                               ["model", "reason"], registry=r)
+        self.model_state = Gauge("featurizer_model_state", "1 for the current state of each model version",
+                                 ["model", "version", "state"], registry=r)
+        self.load_failures = Counter("featurizer_model_load_failures", "Model versions that failed to load",
+                                     ["model"], registry=r)
+        self.build_info = Info("featurizer_build", "Build and runtime versions", registry=r)
+        self.device_memory = Gauge("featurizer_device_memory_bytes", "Device memory in use (CUDA only)",
+                                   ["device"], registry=r)
+
+    def set_build_info(self, version: str, torch_version: str, device: str) -> None:
+        self.build_info.info({"version": version, "torch": torch_version, "device": device,
+                              "python": platform.python_version()})
+
+    def set_model_state(self, model: str, version: int, state: Optional[str]) -> None:
+        """Mark ``state`` as current (None removes the version's series: it is gone)."""
+        for s in STATES:
+            if state is None:
+                try:
+                    self.model_state.remove(model, str(version), s)
+                except KeyError:
+                    pass
+            else:
+                self.model_state.labels(model, str(version), s).set(1 if s == state else 0)
+
+    def model_observer(self, model: str, device: str) -> "ModelObserver":
+        return ModelObserver(self, model, device)
+
+    def serve_http(self, port: int, host: str = "0.0.0.0"):
+        """Start /metrics on a daemon thread; returns (server, thread) with the bound port."""
+        return start_http_server(port, addr=host, registry=self.registry)
+
+
+class ModelObserver:
+    """Batcher and runner callbacks for one model, writing into its labelled series."""
+
+    def __init__(self, metrics: Metrics, model: str, device: str) -> None:
+        self.m = metrics
+        self.model = model
+        self.device = device
+
+    def on_queue_depth(self, depth: int) -> None:
+        self.m.queue_depth.labels(self.model).set(depth)
+
+    def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
+        hist = self.m.queue_wait.labels(self.model)
+        for wait in queue_waits:
+            hist.observe(wait)
+
+    def on_drop(self, reason: str, count: int) -> None:
+        self.m.dropped.labels(self.model, reason).inc(count)
+
+    def on_forward(self, size: int, seconds: float) -> None:
+        self.m.batch_size.labels(self.model).observe(size)
+        self.m.inference.labels(self.model, self.device).observe(seconds)

@@ -1,0 +1,212 @@
+"""The model registry on disk: ``<root>/<model>/<version>/{model.json, weights.safetensors}``.
+
+This module knows the layout and nothing about serving: scanning, aliases, integrity and atomic
+publishing. ``models.py`` turns a scan into loaded, servable versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+
+ALIASES_FILE = "aliases.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_ALIAS_HOPS = 8
+
+
+class RegistryError(ValueError):
+    """A registry problem with a message fit for an operator (names the file and the fault)."""
+
+
+def valid_name(name: str) -> bool:
+    """Model and alias names: no path separators, no leading dot, so nothing escapes the root."""
+    return bool(NAME_PATTERN.match(name)) and ".." not in name
+
+
+@dataclass(frozen=True)
+class VersionDir:
+    """One version directory as found by a scan; ``fingerprint`` changes when its files do."""
+
+    model: str
+    version: int
+    path: Path
+    fingerprint: tuple
+
+
+@dataclass(frozen=True)
+class Scan:
+    versions: Mapping[tuple[str, int], VersionDir] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    alias_error: str = ""
+
+
+def _fingerprint(path: Path) -> tuple:
+    parts = []
+    for child in sorted(path.iterdir()):
+        try:
+            st = child.stat()
+            parts.append((child.name, st.st_size, st.st_mtime_ns, st.st_mode))
+        except OSError as error:
+            parts.append((child.name, repr(error)))
+    return tuple(parts)
+
+
+class Registry:
+    """A registry root. Construct one per directory; it holds no state between scans."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def scan(self) -> Scan:
+        """Every published version and the aliases. Hidden and temporary directories are skipped,
+        so a version being written (``.tmp-*``) is never seen before its rename."""
+        versions: dict[tuple[str, int], VersionDir] = {}
+        if not self.root.is_dir():
+            raise RegistryError(f"registry directory {self.root} does not exist")
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or not valid_name(model_dir.name):
+                continue
+            for version_dir in model_dir.iterdir():
+                if not version_dir.is_dir() or not version_dir.name.isdigit():
+                    continue
+                version = int(version_dir.name)
+                if version <= 0:
+                    continue
+                try:
+                    fingerprint = _fingerprint(version_dir)
+                except OSError as error:
+                    fingerprint = (repr(error),)
+                versions[(model_dir.name, version)] = VersionDir(model_dir.name, version, version_dir, fingerprint)
+        aliases, alias_error = self._read_aliases()
+        return Scan(versions=versions, aliases=aliases, alias_error=alias_error)
+
+    def _read_aliases(self) -> tuple[dict[str, str], str]:
+        path = self.root / ALIASES_FILE
+        if not path.exists():
+            return {}, ""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return {}, f"{ALIASES_FILE}: unreadable ({error})"
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+            return {}, f"{ALIASES_FILE}: must map alias names to 'model[@version]' strings"
+        bad = [k for k in raw if not valid_name(k)]
+        if bad:
+            return {}, f"{ALIASES_FILE}: invalid alias name {bad[0]!r}"
+        return dict(raw), ""
+
+    def manifest(self, model: str, version: int) -> Manifest:
+        return load_manifest(self.root / model / str(version) / MANIFEST_FILE, where=f"{model}/{version}/{MANIFEST_FILE}")
+
+    def load_weights(self, model: str, version: int, manifest: Manifest) -> dict[str, torch.Tensor]:
+        """Check the sha256 and load with safetensors (never pickle). Raises RegistryError."""
+        where = f"{model}/{version}/{manifest.weights.file}"
+        path = self.root / model / str(version) / manifest.weights.file
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise RegistryError(f"{where}: resolves outside the registry root")
+        try:
+            digest = sha256_file(resolved)
+        except OSError as error:
+            raise RegistryError(f"{where}: unreadable ({error.strerror or error})") from None
+        if digest != manifest.weights.sha256:
+            raise RegistryError(f"{where}: sha256 mismatch (manifest {manifest.weights.sha256[:12]}..., file {digest[:12]}...)")
+        try:
+            return load_file(str(resolved))
+        except Exception as error:  # safetensors raises its own error types
+            raise RegistryError(f"{where}: not a valid safetensors file ({error})") from None
+
+    def verify(self) -> list[str]:
+        """Re-hash every weights file; one line per problem (empty = all good)."""
+        problems = []
+        for (model, version), _ in sorted(self.scan().versions.items()):
+            try:
+                manifest = self.manifest(model, version)
+                path = self.root / model / str(version) / manifest.weights.file
+                digest = sha256_file(path)
+                if digest != manifest.weights.sha256:
+                    problems.append(f"{path}: sha256 {digest} does not match the manifest's {manifest.weights.sha256}")
+            except (ManifestError, OSError) as error:
+                problems.append(f"{model}/{version}: {error}")
+        return problems
+
+    def publish(self, model: str, manifest: Manifest, weights: Mapping[str, torch.Tensor],
+                extra_files: Optional[Mapping[str, bytes]] = None, version: Optional[int] = None) -> int:
+        """Write a complete version to a temporary directory, then rename it into place (atomic).
+
+        The sha256 in the written manifest is computed here. Returns the version number used
+        (the next free one unless ``version`` is given)."""
+        if not valid_name(model):
+            raise RegistryError(f"invalid model name {model!r}")
+        model_dir = self.root / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            weights_path = tmp / manifest.weights.file
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(weights_path))
+            from dataclasses import replace
+            final = replace(manifest, weights=replace(manifest.weights, sha256=sha256_file(weights_path)))
+            (tmp / MANIFEST_FILE).write_text(final.to_json(), encoding="utf-8")
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+            return self._rename_into_place(tmp, model_dir, version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _rename_into_place(self, tmp: Path, model_dir: Path, version: Optional[int]) -> int:
+        while True:
+            existing = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+            target = version if version is not None else max(existing, default=0) + 1
+            try:
+                os.rename(tmp, model_dir / str(target))  # fails if the target exists and is not empty
+                return target
+            except OSError:
+                if version is not None:
+                    raise RegistryError(f"{model_dir.name}/{version} already exists") from None
+
+    def set_alias(self, name: str, target: str) -> None:
+        """Point ``name`` at ``model[@version]``, written atomically (write temp, rename)."""
+        if not valid_name(name):
+            raise RegistryError(f"invalid alias name {name!r}")
+        aliases, error = self._read_aliases()
+        if error:
+            raise RegistryError(error)
+        aliases[name] = target
+        tmp = self.root / f".{ALIASES_FILE}.{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps(aliases, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.root / ALIASES_FILE)
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """'model' -> (model, 0); 'model@3' -> (model, 3). Raises RegistryError."""
+    name, _, version = target.partition("@")
+    if not valid_name(name):
+        raise RegistryError(f"alias target {target!r}: invalid model name")
+    if version == "":
+        return name, 0
+    if not version.isdigit() or int(version) <= 0:
+        raise RegistryError(f"alias target {target!r}: version must be a positive integer")
+    return name, int(version)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,112 @@
+"""The featurizer.v1 servicer: proto in -> Engine call -> proto out. Nothing else.
+
+Errors are raised as domain errors and mapped to statuses by ``interceptors.py``; inside
+streams each item's error becomes an ``ItemError`` and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Optional
+
+import grpc
+from featurizer_client.v1 import featurizer_pb2 as pb
+from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
+
+from . import convert
+from .engine import Engine
+from .errors import NotFound, grpc_status
+from .models import ModelManager
+
+log = logging.getLogger(__name__)
+STREAM_WINDOW = 16  # stream items processed concurrently (answers still leave in order)
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> Optional[float]:
+    """The caller's deadline on the event loop's clock, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+class FeaturizerServicer(pb_grpc.FeaturizerServicer):
+    def __init__(self, engine: Engine, manager: ModelManager) -> None:
+        self.engine = engine
+        self.manager = manager
+
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        return await self._embed(request, deadline_of(context))
+
+    async def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        return await self._predict(request, deadline_of(context))
+
+    async def EmbedStream(self, requests, context) -> AsyncIterator[pb.EmbedStreamResponse]:
+        async for item_id, result, error in _ordered(requests, self._embed, deadline_of(context)):
+            yield pb.EmbedStreamResponse(id=item_id, response=result) if error is None else \
+                pb.EmbedStreamResponse(id=item_id, error=error)
+
+    async def PredictStream(self, requests, context) -> AsyncIterator[pb.PredictStreamResponse]:
+        async for item_id, result, error in _ordered(requests, self._predict, deadline_of(context)):
+            yield pb.PredictStreamResponse(id=item_id, response=result) if error is None else \
+                pb.PredictStreamResponse(id=item_id, error=error)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=convert.model_infos(self.manager.all_versions()),
+                                     aliases=self.manager.aliases)
+
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
+        name, _ = self.manager.resolve_alias(request.model)  # an alias cycle is an error, not a loop
+        infos = convert.model_infos([mv for mv in self.manager.all_versions() if mv.name == name])
+        if not infos:
+            raise NotFound(f"model {request.model[:100]!r} not found; known models: "
+                           f"{', '.join(self.manager.model_names()) or 'none'}")
+        return infos[0]
+
+    async def _embed(self, request: pb.EmbedRequest, deadline: Optional[float]) -> pb.EmbedResponse:
+        result = await self.engine.embed(
+            request.model, request.version, convert.images_from_proto(request.images),
+            convert.options_from_proto(request.options), deadline)
+        return convert.embed_response(result)
+
+    async def _predict(self, request: pb.PredictRequest, deadline: Optional[float]) -> pb.PredictResponse:
+        features = (convert.options_from_proto(request.feature_options, "feature_options")
+                    if request.include_features else None)
+        result = await self.engine.predict(
+            request.model, request.version, convert.images_from_proto(request.images), request.top_k,
+            features, deadline)
+        return convert.predict_response(result)
+
+
+async def _ordered(requests: AsyncIterator, handle: Callable[..., Awaitable], deadline: Optional[float]):
+    """Run stream items concurrently (at most STREAM_WINDOW at once), yield answers in order."""
+    window: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+    async def one(message):
+        try:
+            return message.id, await handle(message.request, deadline), None
+        except Exception as error:  # one bad item must not end the stream
+            code, text = grpc_status(error)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("stream item %r failed", message.id)
+            return message.id, None, pb.ItemError(code=code.value[0], code_name=code.name, message=text)
+
+    async def produce():
+        async for message in requests:
+            await window.put(asyncio.ensure_future(one(message)))
+        await window.put(None)
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            task = await window.get()
+            if task is None:
+                break
+            yield await task
+        await producer
+    finally:
+        producer.cancel()
+        while not window.empty():
+            task = window.get_nowait()
+            if task is not None:
+                task.cancel()

@@ -1,0 +1,26 @@
+"""The generated stubs live in one place and must match the .proto."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_stubs_are_fresh(tmp_path):
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "protos" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    generate.generate(tmp_path)
+    committed = ROOT / "client" / "featurizer_client" / "v1"
+    stale = [name for name in generate.GENERATED
+             if (tmp_path / name).read_text() != (committed / name).read_text()]
+    assert not stale, f"stubs are stale against the .proto; run `make protos` ({stale})"
+
+
+def test_stubs_exist_only_in_the_client_package():
+    found = [p for p in ROOT.rglob("*_pb2*.py")
+             if ".venv" not in p.parts and "node_modules" not in p.parts and "site-packages" not in str(p)]
+    assert {p.parent for p in found} == {ROOT / "client" / "featurizer_client" / "v1"}, found
