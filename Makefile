@@ -10,7 +10,7 @@ APT_DEPS  := prometheus dataset-fashion-mnist docker-compose nodejs npm
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps run test test-fast bench bench-quick soak protos lint clean
+.PHONY: help install system-deps node-deps run test test-fast bench bench-quick soak protos clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,11 +32,25 @@ system-deps: ## Debian packages the tests use (prometheus, Fashion-MNIST, docker
 run: install ## serve the embedded demo registry on 0.0.0.0:50051 (metrics on :9090)
 	$(VENV)/bin/featurizer serve --host 0.0.0.0 --port 50051 --metrics-port 9090
 
-test: system-deps install ## set up and run the whole suite (what CI runs)
+node-deps: ## npm packages of the cross-language client test (tests/node)
+	[ ! -f tests/node/package.json ] || (cd tests/node && npm install --no-audit --no-fund --loglevel=error)
+
+test: system-deps install node-deps ## set up and run the whole suite (what CI runs)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install ## the suite without re-installing Debian packages
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install ## the benchmark: interleaved rounds, writes docs/performance.md + bench/results/
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: install ## a few seconds of every benchmark stage (smoke)
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+soak: install ## 64 clients mixing good/bad/cancelled calls (SOAK_SECONDS=60); prints figures
+	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60}
 
 protos: install ## regenerate the stubs in client/featurizer_client/v1 from protos/
 	$(PY) protos/generate.py
