@@ -113,6 +113,10 @@ class Engine:
                 raise InvalidArgument(f"options.layer/pooling apply to features models; {mv.name} is a {mv.manifest.kind}")
             return mv.head or FeatureOutput(None, "none")
         module = mv.runner.module
+        if not hasattr(module, "forward_taps"):  # not a layered feature stack: its output as is
+            if options.layer or options.pooling:
+                raise InvalidArgument(f"options.layer/pooling: model {mv.name} has no selectable layers")
+            return FeatureOutput(None, "none")
         layer = None
         if options.layer:
             try:
