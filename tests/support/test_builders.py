@@ -33,8 +33,8 @@ class GatedNet(nn.Module):
         self.scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = GATES.get(self.gate)
-        if gate is not None and not torch.is_inference_mode_enabled() is False:
+        gate = GATES.get(self.gate)  # install the Gate after the server loaded (warm-up runs forward too)
+        if gate is not None:
             gate.calls += 1
             gate.entered.set()
             gate.release.wait(60)
