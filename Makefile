@@ -6,7 +6,7 @@ PY        := $(VENV)/bin/python
 PIP       := $(PY) -m pip
 # The torch pair this machine kind installs from local disk (a CUDA build that also runs on CPU).
 TORCH     ?= torch==2.14.1 torchvision==0.29.1
-APT_DEPS  := prometheus dataset-fashion-mnist docker-compose nodejs npm
+APT_DEPS  := prometheus dataset-fashion-mnist docker-compose
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -28,6 +28,7 @@ install: $(VENV)/.installed ## create .venv with torch, the service, the client 
 system-deps: ## Debian packages the tests use (prometheus, Fashion-MNIST, docker-compose, node)
 	$(SUDO) apt-get update -q
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_DEPS)
+	command -v npm >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
 
 run: install ## serve the embedded demo registry on 0.0.0.0:50051 (metrics on :9090)
 	$(VENV)/bin/featurizer serve --host 0.0.0.0 --port 50051 --metrics-port 9090
