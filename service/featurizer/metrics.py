@@ -7,7 +7,6 @@ version, state, reason, code, device; never request ids or image sizes.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from typing import Optional
 
@@ -53,8 +52,7 @@ class Metrics:
                                    ["device"], registry=r)
 
     def set_build_info(self, version: str, torch_version: str, device: str) -> None:
-        self.build_info.info({"version": version, "torch": torch_version, "device": device,
-                              "python": platform.python_version()})
+        self.build_info.info({"version": version, "torch": torch_version, "device": device})
 
     def set_model_state(self, model: str, version: int, state: Optional[str]) -> None:
         """Mark ``state`` as current (None removes the version's series: it is gone)."""
@@ -95,5 +93,15 @@ class ModelObserver:
         self.m.dropped.labels(self.model, reason).inc(count)
 
     def on_forward(self, size: int, seconds: float) -> None:
+        """One forward pass (warm-up passes included: they are real work on the device)."""
         self.m.batch_size.labels(self.model).observe(size)
         self.m.inference.labels(self.model, self.device).observe(seconds)
+        if self.device.startswith("cuda"):
+            self.m.device_memory.labels(self.device).set(_cuda_memory_allocated(self.device))
+
+
+def _cuda_memory_allocated(device: str) -> int:
+    """Bytes held by torch's CUDA allocator, read after each batch (CUDA only: untested here)."""
+    import torch  # imported late: the CPU path never needs it in this module
+
+    return torch.cuda.memory_allocated(device)
