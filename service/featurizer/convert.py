@@ -29,7 +29,8 @@ def images_from_proto(images) -> list[RawImage]:
             except TensorFormatError as error:
                 raise InvalidArgument(f"images[{i}].tensor: {error}") from None
             if array.dtype == np.float16:
-                raise InvalidArgument(f"images[{i}].tensor: dtype must be DTYPE_UINT8 (HWC RGB) or DTYPE_FLOAT32 (CHW)")
+                raise InvalidArgument(f"images[{i}].tensor.dtype: must be DTYPE_UINT8 (HWC RGB) or DTYPE_FLOAT32 (CHW), "
+                                      f"got DTYPE_FLOAT16")
             out.append(array)
         else:
             raise InvalidArgument(f"images[{i}]: empty; set `encoded` (file bytes) or `tensor`")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .builders import resolve_alexnet_layer
-from .errors import InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument
 from .inference import FeatureOutput, Item, Output
 from .manifest import POOLINGS, ManifestError
 from .metrics import Metrics
@@ -86,14 +86,14 @@ class Engine:
                       features: Optional[EmbedOptions] = None, deadline: Optional[float] = None) -> Predictions:
         mv = self.manager.resolve(model, version)
         if mv.manifest.kind == "features":
-            raise InvalidArgument(f"model {mv.name} is a features model; Predict needs a classifier or head (use Embed)")
+            raise FailedPrecondition(f"model {mv.name} is a features model; Predict needs a classifier or head (use Embed)")
         labels = mv.manifest.output.labels
         k = _top_k(top_k, len(labels))
         backbone = self.manager.backbone_of(mv)
         outputs: tuple[Output, ...] = (mv.head or FeatureOutput(None, "none"),)
         if features is not None:
             if mv.head is None:
-                raise InvalidArgument(f"include_features: model {mv.name} is a standalone classifier with no backbone")
+                raise FailedPrecondition(f"include_features: model {mv.name} is a standalone classifier with no backbone")
             outputs += (self._embed_output(backbone, features),)
         async with self.manager.lease(mv, backbone):
             rows = await self._run(backbone, mv.name, images, outputs, deadline)
@@ -157,7 +157,7 @@ class Engine:
             tensor = from_float_chw(image, spec, self.limits, where)
         else:
             raw = decode(image, self.limits, where) if isinstance(image, bytes) else from_uint8_hwc(image, self.limits, where)
-            tensor = resize_for(raw, spec)
+            tensor = resize_for(raw, spec, self.limits, where)
         min_side_ok(spec, tensor.shape[1], tensor.shape[2], backbone.min_side, where)
         return tensor
 

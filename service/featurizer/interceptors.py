@@ -91,8 +91,10 @@ class _Record:
         self.started = time.perf_counter()
 
     async def fail(self, error: BaseException, context) -> None:
-        if isinstance(error, asyncio.CancelledError):
-            self.code = grpc.StatusCode.CANCELLED
+        if isinstance(error, asyncio.CancelledError):  # the caller went away, or its deadline passed
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise error
         if isinstance(error, grpc.aio.AbortError):  # aborted below us: the code is on the context
             self.code = context.code() or grpc.StatusCode.UNKNOWN

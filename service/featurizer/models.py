@@ -226,6 +226,10 @@ class ModelManager:
         name, pinned = self.resolve_alias(model)
         version = version or pinned
         candidates = sorted((v for (n, v) in self.versions if n == name), reverse=True)
+        draining = [mv for mv in self.unloading if mv.name == name and version in (0, mv.version)]
+        if draining and (version == 0 and not candidates or version and (name, version) not in self.versions):
+            raise Unavailable(f"model {name} version {draining[-1].version} is UNLOADING (removed from the "
+                              f"registry); calls in flight finish, new ones go elsewhere")
         if not candidates:
             raise NotFound(f"model {_quote(model)} not found; known models: {', '.join(self.model_names()) or 'none'}")
         if version == 0:
