@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Optional, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Optional, Protocol, TypeVar
 
 from .errors import DeadlineExceeded, FeaturizerError, InferenceFailed, Overloaded, Unavailable
 
@@ -41,10 +40,12 @@ class _NullObserver:
 
 @dataclass(eq=False)
 class _Pending(Generic[T]):
+    """One queued item: its caller waits on ``future``. Times are on the event loop's clock."""
+
     item: T
     future: asyncio.Future
-    deadline: Optional[float]  # loop.time() after which the caller has gone
-    enqueued: float = field(default_factory=time.monotonic)
+    deadline: Optional[float]  # after this the caller has gone: drop, don't compute
+    enqueued: float
 
 
 class Batcher(Generic[T, R]):
@@ -74,6 +75,13 @@ class Batcher(Generic[T, R]):
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+            self._loop_task.add_done_callback(self._on_loop_done)
+
+    def _on_loop_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so loudly, don't hang callers
+            log.error("batcher of model %s stopped", self.name, exc_info=task.exception())
+            self._closed = True
+            self._fail_queued(InferenceFailed(f"the batcher of model {self.name} stopped; the server log has details"))
 
     async def submit(self, items: Sequence[T], *, deadline: Optional[float] = None) -> list[R]:
         """Queue the items (one per image) and wait for their results, in order.
@@ -87,7 +95,8 @@ class Batcher(Generic[T, R]):
             raise Overloaded(f"model {self.name} is overloaded: {len(self._queue)} images queued, "
                              f"limit {self.max_queue}; retry later")
         loop = asyncio.get_running_loop()
-        pending = [_Pending(item, loop.create_future(), deadline) for item in items]
+        now = loop.time()
+        pending = [_Pending(item, loop.create_future(), deadline, now) for item in items]
         self._queue.extend(pending)
         self._observer.on_queue_depth(len(self._queue))
         self._wakeup.set()
@@ -117,17 +126,24 @@ class Batcher(Generic[T, R]):
             task.add_done_callback(self._tasks.discard)
 
     async def _collect(self) -> list[_Pending[T]]:
-        """Wait for items; when another batch is running, wait up to max_delay for a full batch."""
+        """Wait for items. An idle device takes what is queued at once; while another batch runs
+        (more than one slot), wait up to max_delay after the oldest item for a full batch."""
+        loop = asyncio.get_running_loop()
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
         while self._running > 0 and len(self._queue) < self.max_batch_size:
-            remaining = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
+            while self._queue and self._queue[0].future.done():  # the oldest caller left: not its clock
+                self._queue.popleft()
+                self._observer.on_drop("cancelled", 1)
+            if not self._queue:
+                break
+            remaining = self._queue[0].enqueued + self.max_delay_s - loop.time()
             if remaining <= 0:
                 break
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await asyncio.wait_for(self._wakeup.wait(), remaining)  # the timeout shrinks each round
             except asyncio.TimeoutError:
                 break
         return self._take()
@@ -153,12 +169,12 @@ class Batcher(Generic[T, R]):
         return batch
 
     async def _run_batch(self, batch: list[_Pending[T]]) -> None:
-        started = time.monotonic()
+        started = asyncio.get_running_loop().time()
         self._observer.on_batch(len(batch), [started - p.enqueued for p in batch])
         try:
             results = await self._execute([p.item for p in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch of {len(batch)} produced {len(results)} results")
+            if len(results) != len(batch):  # rows would go to the wrong callers: fail them all
+                raise RuntimeError(f"batch of {len(batch)} items produced {len(results)} results")
         except Exception as error:
             if not isinstance(error, FeaturizerError):
                 log.exception("batch of %d for model %s failed", len(batch), self.name)
@@ -180,14 +196,18 @@ class Batcher(Generic[T, R]):
             self._wakeup.set()
 
     async def close(self) -> None:
-        """Stop admitting, let running batches finish, fail what is still queued."""
+        """Stop admitting and batching, let running batches finish, fail what is still queued."""
         self._closed = True
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        while self._queue:
-            p = self._queue.popleft()
-            if not p.future.done():
-                p.future.set_exception(Unavailable(f"model {self.name} was unloaded before this request ran; retry"))
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_queued(Unavailable(f"model {self.name} was unloaded before this request ran; retry"))
+
+    def _fail_queued(self, error: FeaturizerError) -> None:
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(error)
+        self._observer.on_queue_depth(0)
