@@ -55,8 +55,9 @@ def to_image(item: ImageLike) -> pb.Image:
     raise TypeError(f"cannot send {type(item).__name__} as an image; pass bytes, a path, a numpy array or a PIL image")
 
 
-def iter_images(images: ImageLike | Iterable[ImageLike]) -> Iterator[pb.Image]:
-    """Flatten a single input or a sequence of inputs (paths may be directories or globs)."""
+def expand_inputs(images: ImageLike | Iterable[ImageLike]) -> Iterator[ImageLike]:
+    """Flatten a single input or a sequence of inputs into single images, lazily, without reading
+    files (directories and globs become their sorted file paths)."""
     if isinstance(images, (bytes, bytearray, memoryview, np.ndarray)) or hasattr(images, "convert"):
         items: Iterable[ImageLike] = [images]
     elif isinstance(images, (str, os.PathLike)):
@@ -65,6 +66,11 @@ def iter_images(images: ImageLike | Iterable[ImageLike]) -> Iterator[pb.Image]:
         items = images
     for item in items:
         if isinstance(item, (str, os.PathLike)) and not Path(item).is_file():
-            yield from (to_image(p) for p in expand_paths(item))
+            yield from expand_paths(item)
         else:
-            yield to_image(item)
+            yield item
+
+
+def iter_images(images: ImageLike | Iterable[ImageLike]) -> Iterator[pb.Image]:
+    """Flatten a single input or a sequence of inputs (paths may be directories or globs)."""
+    return (to_image(item) for item in expand_inputs(images))

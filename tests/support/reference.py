@@ -29,3 +29,16 @@ def preset_tensor(data: bytes | np.ndarray) -> torch.Tensor:
 def reference_features(model: torch.nn.Module, data: bytes | np.ndarray, cut: int = 12) -> np.ndarray:
     """alexnet().features[:cut+1] on the preset tensor, flattened."""
     return torch.flatten(model.features[: cut + 1](preset_tensor(data)), 1)[0].numpy()
+
+
+@torch.inference_mode()
+def largenet_reference(state: dict[str, torch.Tensor], images: np.ndarray, size: int = 32) -> np.ndarray:
+    """The lecture's LargeNet with ``state`` on uint8 NHWC ``images``: torchvision's antialiased resize
+    to size x size, scale to [0, 1], normalise with mean = std = 0.5 -> logits [N, classes]."""
+    from torchvision.transforms.functional import resize
+    from featurizer.builders import LargeNet
+
+    model = LargeNet(num_classes=len(state["fc2.bias"])).eval()
+    model.load_state_dict(state)
+    x = resize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), [size, size], antialias=True)
+    return model((x.float() / 255 - 0.5) / 0.5).numpy()

@@ -1,0 +1,96 @@
+"""``AsyncFeaturizerClient``: the asyncio SDK (grpc.aio), same methods and results as the sync one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .channel import Connection, RetryPolicy, Tls
+from .chunking import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, Progress, chunks, concat_rows, ordered_calls_async, plan
+from .client import DEFAULT_TIMEOUT_S
+from .errors import FeaturizerError
+from .inputs import ImageLike
+from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
+                       embeddings_of, model_of, models_of, predict_request, predictions_of)
+from .v1 import featurizer_pb2 as pb
+from .v1 import featurizer_pb2_grpc as pb_grpc
+
+
+class AsyncFeaturizerClient:
+    """asyncio client; ``async with AsyncFeaturizerClient(target) as client: await client.embed(...)``.
+
+    Takes the same arguments as ``FeaturizerClient``. Create it inside the running event loop.
+    """
+
+    def __init__(self, target: str, *, timeout: Optional[float] = DEFAULT_TIMEOUT_S, tls: Optional[Tls] = None,
+                 token: Optional[str] = None, retry: Optional[RetryPolicy] = RetryPolicy(),
+                 load_balancing: str = "round_robin", wait_for_ready: bool = True,
+                 channel: Optional[grpc.aio.Channel] = None) -> None:
+        self.connection = Connection(target, tls, token, retry, load_balancing, wait_for_ready)
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel or self.connection.aio_channel()
+        self._stub = pb_grpc.FeaturizerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> "AsyncFeaturizerClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, layer: str = "",
+                    pooling: PoolingName = "", normalize: bool = False, dtype: DTypeName = "float32",
+                    batch_size: int = DEFAULT_BATCH_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                    progress: bool = False, timeout: Optional[float] = None) -> np.ndarray:
+        """Feature vectors ``[N, D]``; see ``FeaturizerClient.embed``."""
+        options = EmbedOptions(layer, pooling, normalize, dtype)
+        items, total = plan(images)
+
+        async def submit(batch: list[pb.Image]) -> pb.EmbedResponse:
+            return await self._call(self._stub.Embed, embed_request(model, version, batch, options), timeout)
+
+        with Progress(progress, total) as bar:
+            arrays = [embeddings_of(r) async for r in ordered_calls_async(
+                submit, chunks(items, batch_size), max_in_flight, bar)]
+        return concat_rows(arrays)
+
+    async def predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0,
+                      top_k: int = 0, include_features: bool = False, feature_options: EmbedOptions = EmbedOptions(),
+                      batch_size: int = DEFAULT_BATCH_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                      progress: bool = False, timeout: Optional[float] = None) -> list[Prediction]:
+        """One ``Prediction`` per image; see ``FeaturizerClient.predict``."""
+        features = feature_options if include_features else None
+        items, total = plan(images)
+
+        async def submit(batch: list[pb.Image]) -> pb.PredictResponse:
+            return await self._call(self._stub.Predict, predict_request(model, version, batch, top_k, features), timeout)
+
+        with Progress(progress, total) as bar:
+            return [p async for r in ordered_calls_async(submit, chunks(items, batch_size), max_in_flight, bar)
+                    for p in predictions_of(r)]
+
+    async def list_models(self, *, timeout: Optional[float] = None) -> list[ModelInfo]:
+        return models_of(await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    async def get_model(self, model: str, *, timeout: Optional[float] = None) -> ModelInfo:
+        return model_of(await self._call(self._stub.GetModel, pb.GetModelRequest(model=model), timeout))
+
+    async def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
+        """SERVING, NOT_SERVING or SERVICE_UNKNOWN; see ``FeaturizerClient.health``."""
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def _call(self, method: Callable, request: Any, timeout: Optional[float]) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout,
+                                metadata=self.connection.metadata(), wait_for_ready=self.connection.wait_for_ready)
+        except grpc.RpcError as error:
+            raise FeaturizerError.from_rpc_error(error) from None

@@ -1,0 +1,155 @@
+"""``featurizer-client``: embed, predict, list models and check health from a shell.
+
+Exit status: 0 on success; 1 when the server refused (its status and message go to stderr) or
+``health`` is not SERVING; 2 for bad command-line arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+from .channel import Tls, read_token
+from .client import FeaturizerClient
+from .errors import FeaturizerError
+from .messages import ModelInfo, Prediction
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _client(args: argparse.Namespace, wait_for_ready: bool = True) -> FeaturizerClient:
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_server_name:
+        tls = Tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    token = read_token(args.token_file) if args.token_file else None
+    return FeaturizerClient(args.target, timeout=args.timeout, tls=tls, token=token, wait_for_ready=wait_for_ready)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        X = client.embed(args.images, model=args.model, version=args.version, layer=args.layer,
+                         pooling=args.pooling, normalize=args.normalize, batch_size=args.batch_size,
+                         max_in_flight=args.max_in_flight, progress=args.progress)
+    np.save(args.output, X)
+    print(f"wrote {list(X.shape)} {X.dtype} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inputs import expand_inputs
+
+    names = [str(p) for p in expand_inputs(args.images)]
+    with _client(args) as client:
+        predictions = client.predict(names, model=args.model, version=args.version, top_k=args.top_k,
+                                     batch_size=args.batch_size, max_in_flight=args.max_in_flight)
+    if args.json:
+        print(json.dumps([_prediction_json(n, p) for n, p in zip(names, predictions)], indent=2))
+    else:
+        width = max(len(n) for n in names)
+        print(f"{'IMAGE':{width}}  {'LABEL':20} {'INDEX':>5}  PROBABILITY")
+        for name, p in zip(names, predictions):
+            print(f"{name:{width}}  {p.label:20} {p.index:>5}  {p.probability:.4f}")
+    return 0
+
+
+def _prediction_json(name: str, p: Prediction) -> dict:
+    out: dict = {"image": name, "label": p.label, "index": p.index, "probability": p.probability,
+                 "classes": [{"label": c.label, "index": c.index, "probability": c.probability} for c in p.classes]}
+    if p.positive_probability is not None:
+        out["positive_probability"] = p.positive_probability
+    return out
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        models = client.list_models()
+    if args.json:
+        print(json.dumps([_model_json(m) for m in models], indent=2))
+        return 0
+    print(f"{'MODEL':24} {'VERSION':>7}  {'STATE':10} {'KIND':10} {'OUTPUT':14} ALIASES")
+    for m in models:
+        for v in m.versions:
+            print(f"{m.name:24} {v.version:>7}  {v.state:10} {v.kind:10} {str(list(v.output_shape)):14} "
+                  f"{','.join(m.aliases)}")
+    return 0
+
+
+def _model_json(m: ModelInfo) -> dict:
+    return {"name": m.name, "default_version": m.default_version, "aliases": list(m.aliases),
+            "versions": [{"version": v.version, "state": v.state, "kind": v.kind, "architecture": v.architecture,
+                          "output_shape": list(v.output_shape), "labels": list(v.labels), "reason": v.reason}
+                         for v in m.versions]}
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with _client(args, wait_for_ready=False) as client:  # a probe answers now, it does not wait
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featurizer-client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"featurizer-client {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default=os.environ.get("FEATURIZER_TARGET", DEFAULT_TARGET),
+                        help="server address: host:port, dns:///host:port or ipv4:a:p,b:p "
+                             "[env FEATURIZER_TARGET; default: %(default)s]")
+    common.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC [default: %(default)s]")
+    common.add_argument("--token-file", type=Path, help="file holding the bearer token (the server's --auth-token-file)")
+    common.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server certificate (enables TLS)")
+    common.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mTLS (with --tls-key)")
+    common.add_argument("--tls-key", type=Path, help="PEM client private key")
+    common.add_argument("--tls-server-name", help="name to check the server certificate against")
+    bulk = argparse.ArgumentParser(add_help=False)
+    bulk.add_argument("images", nargs="+", help="image files, directories or glob patterns")
+    bulk.add_argument("--model-version", dest="version", type=int, default=0, help="model version (0 = default)")
+    bulk.add_argument("--batch-size", type=int, default=64, help="images per request [default: %(default)s]")
+    bulk.add_argument("--max-in-flight", type=int, default=4, help="requests at once [default: %(default)s]")
+
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    embed = commands.add_parser("embed", parents=[common, bulk], help="write feature vectors to a .npy file")
+    embed.add_argument("-o", "--output", type=Path, required=True, help="output .npy file, [N, D]")
+    embed.add_argument("--model", default="alexnet", help="model name or alias [default: %(default)s]")
+    embed.add_argument("--layer", default="", help="output layer of a features model (e.g. conv5, pool2)")
+    embed.add_argument("--pooling", default="", choices=("", "flatten", "avg", "max", "none"))
+    embed.add_argument("--normalize", action="store_true", help="L2-normalise every row")
+    embed.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
+    embed.set_defaults(func=cmd_embed)
+    predict = commands.add_parser("predict", parents=[common, bulk], help="top classes per image")
+    predict.add_argument("--model", required=True, help="classifier or head model name or alias")
+    predict.add_argument("--top-k", type=int, default=0, help="classes per image (0 = 5, or all when fewer)")
+    predict.add_argument("--json", action="store_true", help="JSON instead of a table")
+    predict.set_defaults(func=cmd_predict)
+    models = commands.add_parser("models", parents=[common], help="models, versions, states and aliases")
+    models.add_argument("--json", action="store_true", help="JSON instead of a table")
+    models.set_defaults(func=cmd_models)
+    health = commands.add_parser("health", parents=[common], help="exit 0 only when the server is SERVING")
+    health.add_argument("--service", default="", help="'' (the server), featurizer.v1.Featurizer or a model name")
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FeaturizerError as error:
+        print(f"featurizer-client: {error.code.name}: {error.details}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, ImportError) as error:
+        print(f"featurizer-client: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

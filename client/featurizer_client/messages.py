@@ -1,0 +1,133 @@
+"""Requests and results: the typed Python side of featurizer.v1, shared by both clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from .tensors import from_proto
+from .v1 import featurizer_pb2 as pb
+
+PoolingName = Literal["", "flatten", "avg", "max", "none"]
+DTypeName = Literal["float32", "float16"]
+_POOLING = {"": pb.POOLING_DEFAULT, "flatten": pb.POOLING_FLATTEN, "avg": pb.POOLING_AVG,
+            "max": pb.POOLING_MAX, "none": pb.POOLING_NONE}
+_DTYPE = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Which features to return: a layer at or before the model's cut, pooling, L2 rows, dtype."""
+
+    layer: str = ""
+    pooling: PoolingName = ""
+    normalize: bool = False
+    dtype: DTypeName = "float32"
+
+    def to_proto(self) -> pb.EmbedOptions:
+        if self.pooling not in _POOLING:
+            raise ValueError(f"pooling: expected one of {', '.join(p or repr('') for p in _POOLING)}, got {self.pooling!r}")
+        if self.dtype not in _DTYPE:
+            raise ValueError(f"dtype: expected float32 or float16, got {self.dtype!r}")
+        return pb.EmbedOptions(layer=self.layer, pooling=_POOLING[self.pooling], normalize=self.normalize,
+                               output_dtype=_DTYPE[self.dtype])
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's top classes, most probable first.
+
+    ``positive_probability``: for binary heads (one sigmoid unit), P(labels[1]); None otherwise.
+    ``features``: the backbone's feature row, when ``include_features=True`` was asked for.
+    """
+
+    classes: tuple[ClassScore, ...]
+    positive_probability: Optional[float] = None
+    features: Optional[np.ndarray] = None
+
+    @property
+    def label(self) -> str:
+        return self.classes[0].label
+
+    @property
+    def index(self) -> int:
+        return self.classes[0].index
+
+    @property
+    def probability(self) -> float:
+        return self.classes[0].probability
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: int
+    state: str                      # LOADING | AVAILABLE | FAILED | UNLOADING
+    kind: str                       # features | classifier | head
+    architecture: str
+    output_shape: tuple[int, ...]
+    labels: tuple[str, ...]
+    backbone: str
+    reason: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    default_version: int            # 0 when no version is AVAILABLE
+    versions: tuple[ModelVersion, ...]
+    aliases: tuple[str, ...] = ()   # aliases that point at this model (filled by list_models)
+
+
+def embed_request(model: str, version: int, images: Sequence[pb.Image], options: EmbedOptions) -> pb.EmbedRequest:
+    return pb.EmbedRequest(model=model, version=version, images=images, options=options.to_proto())
+
+
+def predict_request(model: str, version: int, images: Sequence[pb.Image], top_k: int,
+                    features: Optional[EmbedOptions]) -> pb.PredictRequest:
+    request = pb.PredictRequest(model=model, version=version, images=images, top_k=top_k)
+    if features is not None:
+        request.include_features = True
+        request.feature_options.CopyFrom(features.to_proto())
+    return request
+
+
+def embeddings_of(response: pb.EmbedResponse) -> np.ndarray:
+    return from_proto(response.embeddings)
+
+
+def predictions_of(response: pb.PredictResponse) -> list[Prediction]:
+    features = from_proto(response.features) if response.HasField("features") else None
+    out = []
+    for i, p in enumerate(response.predictions):
+        classes = tuple(ClassScore(c.label, c.index, c.probability) for c in p.classes)
+        # proto3 cannot tell "absent" from 0.0; a sigmoid is never exactly 0 for a real logit.
+        positive = p.positive_probability if p.positive_probability != 0.0 else None
+        out.append(Prediction(classes, positive, None if features is None else features[i]))
+    return out
+
+
+def models_of(response: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [model_of(info, _aliases_for(info.name, response.aliases)) for info in response.models]
+
+
+def model_of(info: pb.ModelInfo, aliases: tuple[str, ...] = ()) -> ModelInfo:
+    versions = tuple(ModelVersion(
+        version=v.version, state=pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_"), kind=v.kind,
+        architecture=v.architecture, output_shape=tuple(v.output_shape), labels=tuple(v.labels),
+        backbone=v.backbone, reason=v.reason, sha256=v.sha256) for v in info.versions)
+    return ModelInfo(info.name, info.default_version, versions, aliases)
+
+
+def _aliases_for(name: str, aliases: dict[str, str]) -> tuple[str, ...]:
+    return tuple(sorted(a for a, target in aliases.items() if target.split("@")[0] == name))
