@@ -47,7 +47,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
         method = details.method[len(SERVICE_PREFIX):]
-        request_id = dict(details.invocation_metadata or ()).get("x-request-id") or uuid.uuid4().hex
+        request_id = str(dict(details.invocation_metadata or ()).get("x-request-id", ""))[:128] or uuid.uuid4().hex
 
         def unary(behavior):
             async def wrapped(request, context):
@@ -110,7 +110,7 @@ class _Record:
         m.requests.labels(self.method, self.model, self.code.name).inc()
         m.request_duration.labels(self.method, self.model).observe(elapsed)
         access_log(method=self.method, model=self.raw_model, version=self.version, images=self.images,
-                   code=self.code.name, latency_ms=round(elapsed * 1000, 3), request_id=self.request_id)
+                   status=self.code.name, latency_ms=round(elapsed * 1000, 3), request_id=self.request_id)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

@@ -36,5 +36,5 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 def access_log(**fields: Any) -> None:
     """One line per RPC: method, model, version, images, status, latency_ms, request_id."""
-    ACCESS.info("%s %s %s", fields.get("method"), fields.get("code"), fields.get("model", ""),
+    ACCESS.info("%s %s %s", fields.get("method"), fields.get("status"), fields.get("model", ""),
                 extra={"fields": fields})

@@ -223,8 +223,8 @@ def test_deadline_is_exceeded_and_the_expired_work_is_not_done(server, stub, goo
     assert gate.entered.wait(30)
     before_images, before_dropped = images(), dropped()
     _expect(_embed(stub, _tensor(SMALL), _tensor(SMALL), model="gated-deadline", timeout=0.5), Code.DEADLINE_EXCEEDED)
-    late = access_log.wait_for(lambda r: r.get("model") == "gated-deadline" and r.get("code") != "OK")
-    assert late["code"] == "DEADLINE_EXCEEDED"  # the server saw the deadline, not just the client
+    late = access_log.wait_for(lambda r: r.get("model") == "gated-deadline" and r.get("status") != "OK")
+    assert late["status"] == "DEADLINE_EXCEEDED"  # the server saw the deadline, not just the client
     gate.release.set()
     first.result()
     stub.Embed(pb.EmbedRequest(model="gated-deadline", images=[_tensor(SMALL)]), timeout=60)  # queued after it
