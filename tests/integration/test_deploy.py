@@ -22,7 +22,7 @@ import yaml
 
 from featurizer.settings import ENV_PREFIX, Settings, parse_settings
 from tests.support.registries import publish_largenet
-from tests.support.servers import running_server
+from tests.support.servers import ServerThread, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -170,6 +170,19 @@ def test_dockerfile_is_non_root_pins_the_project_torch_and_checks_grpc_health():
     assert dockerfile_healthcheck()[1:3] == ["featurizer-client", "health"]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "*.safetensors"} <= set(ignored)
+
+
+def test_the_image_health_check_command_follows_grpc_health(live_server, tmp_path):
+    """The HEALTHCHECK command, pointed at a real server: 0 when SERVING, 1 before models load."""
+    command = [word.replace("127.0.0.1:50051", live_server.target) for word in dockerfile_healthcheck()[1:]]
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    publish_largenet(tmp_path, "largenet")
+    loading = ServerThread(tmp_path, load=False)
+    try:
+        command = [word.replace("127.0.0.1:50051", loading.target) for word in dockerfile_healthcheck()[1:]]
+        assert subprocess.run(command, capture_output=True, timeout=60).returncode == 1
+    finally:
+        loading.stop()
 
 
 # ----- Kubernetes ---------------------------------------------------------------------------
