@@ -77,12 +77,24 @@ def apply_pooling(x: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ManifestError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
 
 
+def _alexnet_features_prefix(cut: int) -> nn.Sequential:
+    """torchvision's own ``features`` layers up to ``cut``, initialised as torchvision does, without
+    paying for the 58M-parameter classifier (built on the meta device, then dropped)."""
+    with torch.device("meta"):
+        layers = list(tv_alexnet(weights=None).features)[: cut + 1]
+    stack = nn.Sequential(*layers).to_empty(device="cpu")
+    for module in stack.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    return stack
+
+
 class AlexNetFeatures(nn.Module):
     """torchvision AlexNet's ``features`` cut after layer ``cut`` (inclusive)."""
 
     def __init__(self, cut: int, pooling: str) -> None:
         super().__init__()
-        self.features = nn.Sequential(*list(tv_alexnet(weights=None).features)[: cut + 1])
+        self.features = _alexnet_features_prefix(cut)
         self.cut = cut
         self.pooling = pooling
 
@@ -90,12 +102,13 @@ class AlexNetFeatures(nn.Module):
         return self.features(x)
 
     def forward_taps(self, x: torch.Tensor, taps: set[int]) -> dict[int, torch.Tensor]:
-        """One pass through the stack, keeping the output after each layer index in ``taps``."""
+        """One pass through the stack, keeping the output after each layer index in ``taps``.
+        A tap that more layers will follow is cloned: torchvision's ReLUs work in place."""
         out: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index in taps:
-                out[index] = x
+                out[index] = x if len(out) + 1 == len(taps) else x.clone()
             if len(out) == len(taps):
                 break
         return out

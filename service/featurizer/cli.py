@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -105,12 +106,94 @@ def cmd_registry_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_alias(args: argparse.Namespace) -> int:
-    from .registry import Registry, parse_target
+    from .registry import Registry
 
-    parse_target(args.target)
     Registry(Path(args.dir)).set_alias(args.name, args.target)
     print(f"alias {args.name} -> {args.target}")
     return 0
+
+
+def _manifest_from_args(args: argparse.Namespace) -> dict:
+    """--manifest JSON, then any manifest flags on top of it (flags win)."""
+    from .publishing import manifest_from_json
+
+    raw = manifest_from_json(args.manifest) if args.manifest else {}
+    for key in ("kind", "architecture", "description"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    if args.params is not None:
+        raw["params"] = args.params
+    spec = {k: getattr(args, k) for k in ("resize", "height", "width", "mean", "std") if getattr(args, k) is not None}
+    if args.input_mode is not None or spec:
+        raw["input"] = {**raw.get("input", {}), **({"mode": args.input_mode} if args.input_mode else {}), **spec}
+    if args.backbone is not None:
+        model, _, version = args.backbone.partition("@")
+        raw["backbone"] = {"model": model, "version": int(version) if version.isdigit() else version}
+    labels = args.labels.split(",") if args.labels else (
+        args.labels_file.read_text(encoding="utf-8").splitlines() if args.labels_file else None)
+    if labels is not None or args.output_shape is not None:
+        raw["output"] = {**raw.get("output", {}), **({"labels": labels} if labels is not None else {}),
+                         **({"shape": args.output_shape} if args.output_shape is not None else {})}
+    return raw
+
+
+def cmd_registry_add(args: argparse.Namespace) -> int:
+    from .publishing import add_version
+    from .registry import Registry
+
+    version = add_version(Registry(Path(args.dir)), args.model, _manifest_from_args(args), args.weights, args.version)
+    print(f"published {args.model}@{version}")
+    return 0
+
+
+def cmd_registry_import(args: argparse.Namespace) -> int:
+    from .publishing import import_torchvision
+    from .registry import Registry
+
+    model = args.model or (f"{args.arch}-classifier" if args.classifier else args.arch)
+    version = import_torchvision(Registry(Path(args.dir)), model, arch=args.arch, weights_file=args.weights_file,
+                                 layer=args.layer, pooling=args.pooling, classifier=args.classifier,
+                                 version=args.version)
+    print(f"published {model}@{version}")
+    return 0
+
+
+def _add_publish_parsers(actions) -> None:
+    add = actions.add_parser("add", help="publish a safetensors weights file as a new version",
+                             description="Publish FILE with a manifest from --manifest and/or flags (flags win). "
+                                         "The sha256 is computed; the weights must fit the architecture.")
+    add.add_argument("dir", type=Path)
+    add.add_argument("--model", required=True, help="model name")
+    add.add_argument("--from", dest="weights", type=Path, required=True, metavar="FILE", help="weights (.safetensors)")
+    add.add_argument("--manifest", type=Path, help="a model.json to start from")
+    add.add_argument("--version", type=int, help="version number (default: the next free one)")
+    add.add_argument("--kind", choices=("features", "classifier", "head"))
+    add.add_argument("--architecture", help="builder name, e.g. alexnet_features, largenet, feature_head")
+    add.add_argument("--params", type=json.loads, help='builder params as JSON, e.g. \'{"layer": "conv3"}\'')
+    add.add_argument("--input-mode", choices=("resize_crop", "resize", "native"))
+    add.add_argument("--resize", type=int)
+    add.add_argument("--height", type=int)
+    add.add_argument("--width", type=int)
+    add.add_argument("--mean", type=float, nargs=3)
+    add.add_argument("--std", type=float, nargs=3)
+    add.add_argument("--backbone", metavar="MODEL@VERSION", help="heads: the features model they sit on")
+    add.add_argument("--labels", help="comma-separated label names")
+    add.add_argument("--labels-file", type=Path, help="label names, one per line")
+    add.add_argument("--output-shape", type=int, nargs="+", help="per-image output shape (-1 = input-dependent)")
+    add.add_argument("--description")
+    add.set_defaults(func=cmd_registry_add)
+    imp = actions.add_parser("import-torchvision", help="publish torchvision AlexNet weights",
+                             description="Publish AlexNet from a saved state dict (torch.load weights_only=True) or, "
+                                         "without --weights-file on a connected machine, IMAGENET1K_V1.")
+    imp.add_argument("dir", type=Path)
+    imp.add_argument("--arch", required=True, choices=("alexnet",))
+    imp.add_argument("--weights-file", type=Path, help="a torch.save'd state_dict (torchvision key names)")
+    imp.add_argument("--model", help="model name (default: alexnet, or alexnet-classifier)")
+    imp.add_argument("--version", type=int, help="version number (default: the next free one)")
+    imp.add_argument("--layer", default="pool5", help="cut `features` after this layer (conv1..pool5 or 0..12)")
+    imp.add_argument("--pooling", default="flatten", choices=("flatten", "avg", "max", "none"))
+    imp.add_argument("--classifier", action="store_true", help="the whole network with ImageNet labels")
+    imp.set_defaults(func=cmd_registry_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("name")
     alias.add_argument("target")
     alias.set_defaults(func=cmd_registry_alias)
+    _add_publish_parsers(actions)
+    from .training.command import add_train_parser
+    from .visualize import add_visualize_parser
+
+    add_train_parser(commands)
+    add_visualize_parser(commands)
     return parser
 
 

@@ -27,7 +27,7 @@ from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .inference import BackboneRunner, FeatureOutput, HeadOutput, Item
 from .manifest import Manifest, ManifestError
 from .metrics import Metrics
-from .registry import MAX_ALIAS_HOPS, Registry, RegistryError, VersionDir, parse_target
+from .registry import Registry, RegistryError, VersionDir, alias_chain
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,10 @@ class ModelManager:
             except (RegistryError, OSError) as error:
                 log.warning("registry scan skipped: %s", error)
                 return
-            if scan.alias_error:
-                log.warning("aliases ignored: %s", scan.alias_error)
-            self.aliases = dict(scan.aliases)
+            if scan.alias_error:  # keep routing by the last good aliases
+                log.warning("aliases.json ignored, keeping the previous aliases: %s", scan.alias_error)
+            else:
+                self.aliases = dict(scan.aliases)
             for key in [k for k in self.versions if k not in scan.versions]:
                 self._start_unload(self.versions.pop(key))
             todo = [vd for key, vd in scan.versions.items()
@@ -142,7 +143,7 @@ class ModelManager:
         if manifest.input.mode == "native":
             mv.min_side = await loop.run_in_executor(self.device.executor, self._min_side, module)
         mv.output_shape = await self._warmup(mv.runner, manifest, FeatureOutput(None, _own_pooling(module)))
-        _check_labels(manifest, mv.output_shape)
+        _check_output(manifest, mv.output_shape)
         mv.batcher = Batcher(
             mv.runner, name=mv.key,
             max_batch_size=manifest.batching.max_batch_size or self.settings.max_batch_size,
@@ -167,17 +168,21 @@ class ModelManager:
             raise FailedPrecondition(f"backbone {ref.model}@{ref.version} is not AVAILABLE")
         mv.head = HeadOutput(mv.key, module)
         mv.output_shape = await self._warmup(backbone.runner, backbone.manifest, mv.head)
-        _check_labels(manifest, mv.output_shape)
+        _check_output(manifest, mv.output_shape)
 
     async def _warmup(self, runner: BackboneRunner, manifest: Manifest, output) -> tuple[int, ...]:
-        """One real forward pass before serving; returns the per-image output shape."""
-        h, w = manifest.input.size or (WARMUP_SIZE, WARMUP_SIZE)
-        dummy = Item(torch.zeros(3, h, w, dtype=torch.uint8), (output,))
-        result = await asyncio.get_running_loop().run_in_executor(self.device.executor, runner.run, [dummy])
-        if isinstance(result[0], BaseException):
-            raise ManifestError(f"warm-up forward pass failed on a {h}x{w} input (wrong shapes?)")
-        shape = tuple(result[0][0].shape)
-        return tuple(-1 for _ in shape) if manifest.input.mode == "native" and len(shape) > 1 else shape
+        """Real forward passes before serving; returns the per-image output shape. A native-size
+        model is run at two sizes: dimensions that change with the input are reported as -1."""
+        sizes = [manifest.input.size] if manifest.input.size else [
+            (WARMUP_SIZE, WARMUP_SIZE), (WARMUP_SIZE + 32, WARMUP_SIZE + 64)]
+        shapes = []
+        for h, w in sizes:
+            dummy = Item(torch.zeros(3, h, w, dtype=torch.uint8), (output,))
+            result = await asyncio.get_running_loop().run_in_executor(self.device.executor, runner.run, [dummy])
+            if isinstance(result[0], BaseException):
+                raise ManifestError(f"warm-up forward pass failed on a {h}x{w} input (wrong shapes?)")
+            shapes.append(tuple(result[0][0].shape))
+        return tuple(d if all(s[i] == d for s in shapes) else -1 for i, d in enumerate(shapes[0]))
 
     def _min_side(self, module: nn.Module) -> int:
         """Smallest square input a native-size network accepts (binary search, on the device)."""
@@ -249,18 +254,11 @@ class ModelManager:
         return mv
 
     def resolve_alias(self, model: str) -> tuple[str, int]:
-        seen = [model]
-        name, version = model, 0
-        while name in self.aliases:
-            try:
-                name, pinned = parse_target(self.aliases[name])
-            except RegistryError as error:
-                raise FailedPrecondition(f"alias {_quote(model)}: {error}") from None
-            version = version or pinned
-            if name in seen or len(seen) > MAX_ALIAS_HOPS:
-                raise FailedPrecondition(f"alias cycle: {' -> '.join(seen + [name])}")
-            seen.append(name)
-        return name, version
+        """An alias (or plain name) -> (model, pinned version or 0); a cycle is FAILED_PRECONDITION."""
+        try:
+            return alias_chain(self.aliases, model)
+        except RegistryError as error:
+            raise FailedPrecondition(f"alias {_quote(model)}: {error}") from None
 
     def backbone_of(self, mv: ModelVersion) -> ModelVersion:
         """The version whose batcher computes ``mv``'s inputs (itself, unless it is a head)."""
@@ -293,6 +291,10 @@ class ModelManager:
     def serving_models(self) -> set[str]:
         return {mv.name for mv in self.versions.values() if mv.state is State.AVAILABLE}
 
+    async def wait_unloaded(self) -> None:
+        """Wait until every version being unloaded has drained its calls and closed."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def close(self) -> None:
         for mv in list(self.versions.values()) + list(self.unloading):
             if mv.batcher is not None:
@@ -306,7 +308,11 @@ def _own_pooling(module: nn.Module) -> str:
     return getattr(module, "pooling", "none") if hasattr(module, "forward_taps") else "none"
 
 
-def _check_labels(manifest: Manifest, shape: tuple[int, ...]) -> None:
+def _check_output(manifest: Manifest, shape: tuple[int, ...]) -> None:
+    """The measured per-image shape must match the manifest's promise (-1 matches any size)."""
+    declared = manifest.output.shape
+    if declared and (len(declared) != len(shape) or any(d not in (-1, m) for d, m in zip(declared, shape))):
+        raise ManifestError(f"'output.shape' is {list(declared)} but the model produces {list(shape)}")
     labels = manifest.output.labels
     if manifest.kind == "features" or not labels:
         return

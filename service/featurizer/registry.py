@@ -6,14 +6,15 @@ publishing. ``models.py`` turns a scan into loaded, servable versions.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -80,10 +81,8 @@ class Registry:
             if not model_dir.is_dir() or not valid_name(model_dir.name):
                 continue
             for version_dir in model_dir.iterdir():
-                if not version_dir.is_dir() or not version_dir.name.isdigit():
-                    continue
-                version = int(version_dir.name)
-                if version <= 0:
+                version = parse_version(version_dir.name)
+                if version is None or not version_dir.is_dir():
                     continue
                 try:
                     fingerprint = _fingerprint(version_dir)
@@ -130,9 +129,10 @@ class Registry:
             raise RegistryError(f"{where}: not a valid safetensors file ({error})") from None
 
     def verify(self) -> list[str]:
-        """Re-hash every weights file; one line per problem (empty = all good)."""
+        """Re-hash every weights file and check every alias; one line per problem (empty = all good)."""
         problems = []
-        for (model, version), _ in sorted(self.scan().versions.items()):
+        scan = self.scan()
+        for (model, version) in sorted(scan.versions):
             try:
                 manifest = self.manifest(model, version)
                 path = self.root / model / str(version) / manifest.weights.file
@@ -141,14 +141,38 @@ class Registry:
                     problems.append(f"{path}: sha256 {digest} does not match the manifest's {manifest.weights.sha256}")
             except (ManifestError, OSError) as error:
                 problems.append(f"{model}/{version}: {error}")
+        if scan.alias_error:
+            problems.append(scan.alias_error)
+        models = {model for model, _ in scan.versions}
+        for alias in sorted(scan.aliases):
+            try:
+                model, version = alias_chain(scan.aliases, alias)
+            except RegistryError as error:
+                problems.append(f"{ALIASES_FILE}: {alias}: {error}")
+                continue
+            if model not in models or (version and (model, version) not in scan.versions):
+                problems.append(f"{ALIASES_FILE}: {alias} -> {scan.aliases[alias]}: no such model version")
         return problems
 
     def publish(self, model: str, manifest: Manifest, weights: Mapping[str, torch.Tensor],
                 extra_files: Optional[Mapping[str, bytes]] = None, version: Optional[int] = None) -> int:
-        """Write a complete version to a temporary directory, then rename it into place (atomic).
-
-        The sha256 in the written manifest is computed here. Returns the version number used
+        """Save ``weights`` as a new version, atomically; returns the version number used
         (the next free one unless ``version`` is given)."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        return self._publish(model, manifest, lambda path: save_file(tensors, str(path)), extra_files, version)
+
+    def publish_file(self, model: str, manifest: Manifest, weights_file: Path, version: Optional[int] = None) -> int:
+        """Copy an existing safetensors file in as a new version, after checking that it parses."""
+        try:
+            load_file(str(weights_file))
+        except Exception as error:  # safetensors raises its own error types
+            raise RegistryError(f"{weights_file}: not a valid safetensors file ({error})") from None
+        return self._publish(model, manifest, lambda path: shutil.copyfile(weights_file, path), None, version)
+
+    def _publish(self, model: str, manifest: Manifest, write_weights: Callable[[Path], object],
+                 extra_files: Optional[Mapping[str, bytes]], version: Optional[int]) -> int:
+        """Write a complete version to a hidden temporary directory, then rename it into place, so a
+        scan never sees half a version. The manifest's sha256 is computed here from the bytes written."""
         if not valid_name(model):
             raise RegistryError(f"invalid model name {model!r}")
         model_dir = self.root / model
@@ -157,8 +181,7 @@ class Registry:
         tmp.mkdir()
         try:
             weights_path = tmp / manifest.weights.file
-            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(weights_path))
-            from dataclasses import replace
+            write_weights(weights_path)
             final = replace(manifest, weights=replace(manifest.weights, sha256=sha256_file(weights_path)))
             (tmp / MANIFEST_FILE).write_text(final.to_json(), encoding="utf-8")
             for name, data in (extra_files or {}).items():
@@ -170,12 +193,14 @@ class Registry:
 
     def _rename_into_place(self, tmp: Path, model_dir: Path, version: Optional[int]) -> int:
         while True:
-            existing = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+            existing = [v for v in map(parse_version, os.listdir(model_dir)) if v is not None]
             target = version if version is not None else max(existing, default=0) + 1
             try:
                 os.rename(tmp, model_dir / str(target))  # fails if the target exists and is not empty
                 return target
-            except OSError:
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise  # not a race with another publisher: retrying cannot help
                 if version is not None:
                     raise RegistryError(f"{model_dir.name}/{version} already exists") from None
 
@@ -183,13 +208,22 @@ class Registry:
         """Point ``name`` at ``model[@version]``, written atomically (write temp, rename)."""
         if not valid_name(name):
             raise RegistryError(f"invalid alias name {name!r}")
+        parse_target(target)
         aliases, error = self._read_aliases()
         if error:
             raise RegistryError(error)
         aliases[name] = target
+        alias_chain(aliases, name)  # refuse to write a cycle
         tmp = self.root / f".{ALIASES_FILE}.{uuid.uuid4().hex}"
         tmp.write_text(json.dumps(aliases, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, self.root / ALIASES_FILE)
+
+
+def parse_version(name: str) -> Optional[int]:
+    """'3' -> 3; anything else ('03', '0', '.tmp-...', 'x') -> None, so one version has one directory."""
+    if not name.isdigit() or name.startswith("0"):
+        return None
+    return int(name)
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -202,6 +236,20 @@ def parse_target(target: str) -> tuple[str, int]:
     if not version.isdigit() or int(version) <= 0:
         raise RegistryError(f"alias target {target!r}: version must be a positive integer")
     return name, int(version)
+
+
+def alias_chain(aliases: Mapping[str, str], name: str) -> tuple[str, int]:
+    """Follow ``name`` through ``aliases`` to (model, version); 0 = default version. The first
+    pinned version on the way wins. Raises RegistryError on a cycle or a bad target."""
+    seen = [name]
+    model, version = name, 0
+    while model in aliases:
+        model, pinned = parse_target(aliases[model])
+        version = version or pinned
+        if model in seen or len(seen) > MAX_ALIAS_HOPS:
+            raise RegistryError(f"alias cycle: {' -> '.join(seen + [model])}")
+        seen.append(model)
+    return model, version
 
 
 def sha256_file(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,12 +22,18 @@ def seeded_state(architecture: str, params: dict, seed: int) -> dict[str, torch.
     return build(architecture, params).state_dict()
 
 
+@lru_cache(maxsize=4)
+def seeded_features(seed: int) -> dict[str, torch.Tensor]:
+    """The demo's seeded AlexNet ``features.*`` tensors (built once per seed: the classifier is big)."""
+    return features_state(seeded_alexnet(seed))
+
+
 def publish_alexnet(root: Path, model: str = "alexnet", *, layer: str = "pool5", pooling: str = "flatten",
                     input: InputSpec = InputSpec(), seed: int = 0, version: Optional[int] = None) -> int:
     """AlexNet `features` cut after ``layer`` with the demo's seeded weights (torchvision names)."""
     manifest = alexnet_features_manifest(layer=layer, pooling=pooling, input=input, shape=())
     cut = build("alexnet_features", {"layer": layer}).state_dict().keys()
-    state = {k: v for k, v in features_state(seeded_alexnet(seed)).items() if k in cut}
+    state = {k: v for k, v in seeded_features(seed).items() if k in cut}
     return Registry(root).publish(model, manifest, state, version=version)
 
 
@@ -50,3 +57,26 @@ def publish_feature_head(root: Path, model: str, *, backbone: str = "alexnet", b
                         backbone=BackboneRef(backbone, backbone_version),
                         output=OutputSpec(shape=(num_classes,), labels=tuple(labels)))
     return Registry(root).publish(model, manifest, seeded_state("feature_head", params, seed), version=version)
+
+
+def flip_byte(path: Path, offset: int = -1) -> None:
+    """Corrupt a file in place: one byte inverted (the last one unless ``offset`` is given)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def publish_corrupt_alexnet(root: Path, model: str, version: int, scratch: Path, **kwargs) -> Path:
+    """A version whose weights file has one flipped byte, renamed into place complete (as a careless
+    copy would leave it). Returns the bad weights file's path."""
+    publish_alexnet(scratch, model, version=version, **kwargs)
+    flip_byte(scratch / model / str(version) / "weights.safetensors")
+    (root / model).mkdir(parents=True, exist_ok=True)
+    (scratch / model / str(version)).rename(root / model / str(version))
+    return root / model / str(version) / "weights.safetensors"
+
+
+def save_torchvision_state_dict(path: Path, seed: int = 0) -> Path:
+    """``torch.save`` of a seeded torchvision AlexNet state dict, as a user would save real weights."""
+    torch.save(seeded_alexnet(seed).state_dict(), path)
+    return path
