@@ -18,6 +18,7 @@ import grpc
 from .errors import FeaturizerError, Unauthenticated, grpc_status
 from .logs import access_log
 from .metrics import Metrics
+from .request_decoding import refuse_undecodable_stream, refuse_undecodable_unary, safe_deserializer
 
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/featurizer.v1.Featurizer/"
@@ -25,13 +26,15 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 def _rewrap(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler:
-    """A handler of the same kind whose behaviour is wrapped by ``unary`` or ``stream``."""
+    """A handler of the same kind whose behaviour is wrapped by ``unary`` or ``stream``; requests
+    protobuf cannot parse reach the behaviour as INVALID_ARGUMENT (request_decoding.py)."""
+    deserializer = safe_deserializer(handler.request_deserializer)
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+            unary(refuse_undecodable_unary(handler.unary_unary)), deserializer, handler.response_serializer)
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+            stream(refuse_undecodable_stream(handler.stream_stream)), deserializer, handler.response_serializer)
     return handler
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF  # the functions ImageClassification presets use
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .errors import InvalidArgument
@@ -63,7 +63,7 @@ def decode(data: bytes, limits: ImageLimits, where: str = "image") -> torch.Tens
             return _decode_pil(pil)
     except InvalidArgument:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, RuntimeError, EOFError) as error:
+    except Exception as error:  # any decoder failure on client bytes is a bad image, not a server bug
         raise InvalidArgument(f"{where}: cannot decode {kind} data ({type(error).__name__})") from None
 
 
@@ -114,14 +114,30 @@ def from_float_chw(array: np.ndarray, spec: InputSpec, limits: ImageLimits, wher
     return torch.from_numpy(array.astype(np.float32, copy=True))
 
 
-def resize_for(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8 [3, H, W] -> the model's input size, as torchvision's ImageClassification preset does."""
+def resize_for(image: torch.Tensor, spec: InputSpec, limits: ImageLimits | None = None,
+               where: str = "image") -> torch.Tensor:
+    """uint8 [3, H, W] -> the model's input size, as torchvision's ImageClassification preset does.
+
+    A resize of the short side scales the long side too: a 65,000x1 strip would become a
+    16-gigapixel intermediate, so the intermediate is held to the same pixel limit as inputs."""
     if spec.mode == "resize_crop":
+        _check_resized(image.shape[1], image.shape[2], spec.resize, limits, where)
         image = TF.resize(image, [spec.resize], antialias=True)
         return TF.center_crop(image, [spec.height, spec.width])
     if spec.mode == "resize":
         return TF.resize(image, [spec.height, spec.width], antialias=True)
     return image
+
+
+def _check_resized(height: int, width: int, short_side: int, limits: ImageLimits | None, where: str) -> None:
+    if limits is None:
+        return
+    scale = short_side / min(height, width)
+    resized = (round(height * scale), round(width * scale))
+    if resized[0] * resized[1] > limits.max_image_pixels:
+        raise InvalidArgument(
+            f"{where}: {width}x{height} is too elongated for this model: resizing its short side to {short_side} "
+            f"gives {resized[1]}x{resized[0]} pixels, above the limit of {limits.max_image_pixels}")
 
 
 def normalize_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
