@@ -2,6 +2,8 @@
 after traffic whose effect is known (successes, bad requests, overload, a caller that gave up).
 
 The server is shared by the tests of this module, so each test compares before/after values.
+
+Clients are built with ``retry=None``: one call is one RPC, so the expected counts are exact.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def test_requests_images_and_batch_series_follow_the_traffic(server):
               ("featurizer_batch_size_sum", LARGENET),
               ("featurizer_inference_seconds_count", {**LARGENET, "device": "cpu"})]
     before = take_snapshot(server, *series)
-    with FeaturizerClient(server.target) as client:
+    with FeaturizerClient(server.target, retry=None) as client:
         client.embed(tiny_images(3), model="largenet")
         client.embed(tiny_images(2, seed=1), model="largenet")
         with pytest.raises(FeaturizerError) as bad:
@@ -126,7 +128,7 @@ def test_overload_is_refused_and_counted_as_dropped(server):
     before = take_snapshot(server, ("featurizer_dropped_total", {**LARGENET, "reason": "overload"}),
                            ("featurizer_requests_total", {**EMBED_LARGENET, "code": "RESOURCE_EXHAUSTED"}),
                            ("featurizer_batch_size_count", LARGENET))
-    with FeaturizerClient(server.target) as client:
+    with FeaturizerClient(server.target, retry=None) as client:
         with pytest.raises(FeaturizerError) as refused:
             client.embed(tiny_images(MAX_QUEUE + 1), model="largenet")
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -143,7 +145,7 @@ def test_queue_depth_and_the_images_of_a_caller_that_gave_up(server):
                            ("featurizer_batch_size_sum", gated))
     gate = GATES[GATE] = Gate()
     try:
-        with FeaturizerClient(server.target) as client, ThreadPoolExecutor(1) as pool:
+        with FeaturizerClient(server.target, retry=None) as client, ThreadPoolExecutor(1) as pool:
             holding = pool.submit(client.embed, tiny_images(1), model="gated")
             assert gate.entered.wait(30)
             with pytest.raises(FeaturizerError) as gave_up:
@@ -188,7 +190,7 @@ def test_each_server_owns_a_fresh_registry(server, tmp_path):
     with running_server(tmp_path) as other:
         assert other.metrics is not server.metrics
         assert other.sample("featurizer_images_total", model="largenet") == 0
-        with FeaturizerClient(other.target) as client:
+        with FeaturizerClient(other.target, retry=None) as client:
             client.embed(tiny_images(2), model="largenet")
         assert other.sample("featurizer_images_total", model="largenet") == 2
         # CUDA device memory is reported per batch on CUDA only; a CPU server has no such series
