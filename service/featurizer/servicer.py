@@ -92,8 +92,12 @@ async def _ordered(requests: AsyncIterator, handle: Callable[..., Awaitable], de
             return message.id, None, pb.ItemError(code=code.value[0], code_name=code.name, message=text)
 
     async def produce():
-        async for message in requests:
-            await window.put(asyncio.ensure_future(one(message)))
+        try:
+            async for message in requests:
+                await window.put(asyncio.ensure_future(one(message)))
+        except Exception:  # reading requests failed: answer what was read, then end with this error
+            await window.put(None)
+            raise
         await window.put(None)
 
     producer = asyncio.ensure_future(produce())

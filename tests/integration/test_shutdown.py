@@ -9,13 +9,16 @@ from __future__ import annotations
 import signal
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from featurizer_client.tensors import to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 from tests.support.images import encoded_photos
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, ServerThread, health_status
+from tests.support.test_builders import GATES, Gate, publish_test_model
 
 IN_FLIGHT = 16
 IMAGES_PER_CALL = 4
@@ -59,3 +62,26 @@ def test_signal_drains_calls_in_flight_then_exits_zero(demo_registry_template, s
         assert server.proc.wait(120) == 0
     finally:
         server.kill()
+
+
+def test_a_call_still_running_when_the_grace_period_ends_gets_unavailable(tmp_path):
+    publish_test_model(tmp_path, "gated", "test_gated", {"gate": "shutdown-grace"})
+    server = ServerThread(tmp_path)
+    GATES["shutdown-grace"] = gate = Gate()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            image = pb.Image(tensor=to_proto(np.zeros((8, 8, 3), np.uint8)))
+            call = pb_grpc.FeaturizerStub(channel).Embed.future(pb.EmbedRequest(model="gated", images=[image]),
+                                                                timeout=60)
+            assert gate.entered.wait(30)  # held in its forward pass
+            stopping = server.submit(server.server.stop(0.5))
+            assert _outcome(call) == grpc.StatusCode.UNAVAILABLE  # cut off at the end of the grace period
+            with pytest.raises(grpc.RpcError) as probe:
+                health_status(server.target)
+            assert probe.value.code() == grpc.StatusCode.UNAVAILABLE  # the port is closed
+            gate.release.set()
+            stopping.result(60)
+    finally:
+        gate.release.set()
+        GATES.pop("shutdown-grace", None)
+        server.loop.call_soon_threadsafe(server.loop.stop)
