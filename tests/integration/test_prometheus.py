@@ -6,6 +6,7 @@ Clients are built with ``retry=None``: one call is one RPC, so the expected coun
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from tests.support.servers import running_server
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 DEADLINE_S = 60
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "featurizer.json"
 
 
 def free_port() -> int:
@@ -47,13 +49,22 @@ class Prometheus:
              f"--web.listen-address={self.url.removeprefix('http://')}"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
-    def query(self, expr: str) -> list[dict]:
-        """Instant query; [] while Prometheus is starting or has no sample yet."""
-        try:
-            reply = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
-        except requests.ConnectionError:
+    def wait_ready(self) -> None:
+        """Poll /-/ready of the external process until it answers 200 (deadline: DEADLINE_S)."""
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"prometheus exited with {self.proc.returncode}"
-            return []
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=5).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)  # polling an external process, not synchronising our own threads
+        raise AssertionError(f"prometheus not ready within {DEADLINE_S}s")
+
+    def query(self, expr: str) -> list[dict]:
+        """Instant query (Prometheus is ready); [] while it has no sample yet."""
+        reply = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
         reply.raise_for_status()
         return reply.json()["data"]["result"]
 
@@ -78,13 +89,16 @@ class Prometheus:
         self.log.close()
 
 
-@pytest.fixture
-def scraped_server(tmp_path) -> Iterator[tuple]:
+@pytest.fixture(scope="module")
+def scraped_server(tmp_path_factory) -> Iterator[tuple]:
+    """One server and its Prometheus for the module; only the first test sends traffic."""
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     registry = tmp_path / "registry"
     publish_largenet(registry, "largenet")
     with running_server(registry, metrics_port=0) as server:
         prometheus = Prometheus(tmp_path, f"127.0.0.1:{server.server.metrics_port}")
         try:
+            prometheus.wait_ready()
             yield server, prometheus
         finally:
             prometheus.stop()
@@ -121,3 +135,15 @@ def test_prometheus_stores_exactly_the_traffic_sent(scraped_server):
     assert float(prometheus.query('up{job="featurizer"}')[0]["value"][1]) == 1
     # what Prometheus stored is what the server's own registry says
     assert server.sample("featurizer_requests_total", method="Embed", model="largenet", code="OK") == sent["OK"]
+
+
+def test_every_dashboard_query_is_valid_promql_for_a_real_prometheus(scraped_server):
+    _, prometheus = scraped_server
+    board = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    assert queries
+    for query in queries:
+        promql = query.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$model", ".*")
+        prometheus.query(promql)  # raises on HTTP 400: a query Prometheus cannot parse
+    with pytest.raises(requests.HTTPError):
+        prometheus.query("sum by (code) (rate(featurizer_requests_total[1m])")  # the check can fail
