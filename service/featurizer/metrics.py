@@ -2,7 +2,8 @@
 
 A fresh ``CollectorRegistry`` per ``Metrics`` object lets tests run several servers in one
 process and read ``registry.get_sample_value(...)``. Labels stay low-cardinality: method, model,
-version, state, reason, code, device; never request ids or image sizes.
+version, state, reason, code, device; never request ids or image sizes. Device memory is read
+after each batch, on CUDA only (no GPU was available to test that path).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
 
 
 class Metrics:
+    """The server's metric families (issue 7 names them; docs/operations.md explains each)."""
+
     def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
