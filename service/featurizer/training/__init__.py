@@ -1,0 +1,1 @@
+"""``featurizer train``: datasets, the training loop, reports, and publishing into the registry."""

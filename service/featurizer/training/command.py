@@ -1,0 +1,61 @@
+"""``featurizer train``: the command-line face of ``training.run``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .datasets import parse_classes
+from .loop import TrainSettings
+from .run import ARCHITECTURES, TrainJob, run
+
+# Defaults that train each architecture well in seconds on a CPU (see docs/training.md).
+DEFAULTS = {"largenet": {"epochs": 3, "batch_size": 128, "learning_rate": 3e-3},
+            "feature_head": {"epochs": 100, "batch_size": 16, "learning_rate": 1e-2}}
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train", help="train a LargeNet or a head on a registry backbone, publish it as a new version",
+        description="Train on an image folder (root/<class>/*.jpg) or Fashion-MNIST and publish the model, "
+                    "with report.json and curves.png, as the next version of NAME in the registry.")
+    parser.add_argument("--registry", type=Path, required=True, help="the registry to publish into")
+    parser.add_argument("--name", required=True, help="model name to publish (a new version of it)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="largenet", help="what to train (default: largenet)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="an ImageFolder root: one sub-directory of images per class")
+    source.add_argument("--fashion-mnist", action="store_true", help="the Debian dataset-fashion-mnist package")
+    parser.add_argument("--classes", default="7,9", help="Fashion-MNIST classes to train on (default: 7,9)")
+    parser.add_argument("--per-class", type=int, default=0, help="Fashion-MNIST images per class (0 = all)")
+    parser.add_argument("--backbone", default="alexnet", help="feature_head: registry model[@version] or alias")
+    parser.add_argument("--pooling", choices=("avg", "max", "flatten"), default="avg", help="feature_head pooling")
+    parser.add_argument("--hidden", type=int, default=0, help="feature_head hidden units (0 = one linear layer)")
+    parser.add_argument("--epochs", type=int, help="default: 3 (largenet), 100 (feature_head: cached features, cheap)")
+    parser.add_argument("--batch-size", type=int, help="default: 128 (largenet), 16 (feature_head)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate; default: 3e-3 (largenet), 1e-2 (feature_head)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the shuffles")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.set_defaults(func=cmd_train)
+
+
+def job_from_args(args: argparse.Namespace) -> TrainJob:
+    defaults = DEFAULTS[args.arch]
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--per-class", args.per_class)):
+        if value is not None and value < (0 if flag == "--per-class" else 1):
+            raise ValueError(f"{flag}: must be a positive integer, got {value}")
+    settings = TrainSettings(epochs=args.epochs or defaults["epochs"], batch_size=args.batch_size or defaults["batch_size"],
+                             learning_rate=args.lr or defaults["learning_rate"], seed=args.seed,
+                             progress=not args.no_progress)
+    return TrainJob(registry=args.registry, name=args.name, architecture=args.arch, data=args.data,
+                    classes=tuple(parse_classes(args.classes)), per_class=args.per_class, backbone=args.backbone,
+                    pooling=args.pooling, hidden=args.hidden, val_fraction=args.val_fraction, settings=settings)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    result = run(job_from_args(args))
+    last = result.history.epochs[-1]
+    val = "-" if last.val_accuracy is None else f"{last.val_accuracy:.4f}"
+    print(f"published {result.name}/{result.version}: labels {list(result.classes)}, "
+          f"train accuracy {last.train_accuracy:.4f}, validation accuracy {val}")
+    return 0

@@ -1,0 +1,124 @@
+"""Issue 8: `featurizer train` publishes into a registry a running server watches, and the SERVED
+predictions are right: LargeNet on Fashion-MNIST, and a feature_head on a folder of real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from featurizer.cli import main
+from featurizer.training.datasets import FASHION_MNIST_LABELS, read_fashion_mnist
+from featurizer_client import FeaturizerClient
+from tests.support.images import encode, photos
+from tests.support.reference import reference_features, torchvision_alexnet
+from tests.support.servers import running_server
+
+SHOE_CLASSES = (7, 9)   # Sneaker, Ankle boot
+PHOTO_CLASSES = ("chelsea", "coffee", "rocket")
+
+
+def fashion_pngs(split: str, classes: tuple[int, ...]) -> tuple[list[bytes], list[str]]:
+    """The dataset's own 28x28 greyscale images as PNG files, and their true label names."""
+    images, labels = read_fashion_mnist(split)
+    keep = np.flatnonzero(np.isin(labels, classes))
+    pngs = []
+    for index in keep:
+        buffer = io.BytesIO()
+        Image.fromarray(images[index], mode="L").save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    return pngs, [FASHION_MNIST_LABELS[labels[i]] for i in keep]
+
+
+def photo_folder(root: Path, per_class: int = 6, seed: int = 0) -> dict[Path, str]:
+    """root/<photo>/*.jpg: random crops (some mirrored) of one real photograph per class."""
+    rng = np.random.default_rng(seed)
+    files = {}
+    for name in PHOTO_CLASSES:
+        array = photos()[name]
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = array.shape[:2]
+            ch, cw = int(h * rng.uniform(0.6, 0.9)), int(w * rng.uniform(0.6, 0.9))
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = array[top:top + ch, left:left + cw]
+            if i % 2:
+                crop = crop[:, ::-1]
+            path = root / name / f"{i}.jpg"
+            path.write_bytes(encode(np.ascontiguousarray(crop), "JPEG"))
+            files[path] = name
+    return files
+
+
+def published_report(version_dir: Path, epochs: int) -> dict:
+    report = json.loads((version_dir / "report.json").read_text())
+    assert [e["epoch"] for e in report["epochs"]] == list(range(1, epochs + 1))
+    assert all(0 <= e["train_accuracy"] <= 1 and e["train_loss"] > 0 for e in report["epochs"])
+    with Image.open(version_dir / "curves.png") as curves:
+        assert curves.format == "PNG" and curves.width > 100
+    return report
+
+
+def test_largenet_trained_on_fashion_mnist_is_served_at_95_percent(demo_registry, capsys):
+    pngs, truth = fashion_pngs("t10k", SHOE_CLASSES)
+    with running_server(demo_registry) as server:
+        assert main(["train", "--registry", str(demo_registry), "--name", "shoes", "--arch", "largenet",
+                     "--fashion-mnist", "--classes", "7,9", "--epochs", "3", "--seed", "1", "--no-progress"]) == 0
+        assert "published shoes/1" in capsys.readouterr().out
+        server.reload()  # the hot-reload step the poll loop runs
+        with FeaturizerClient(server.target) as client:
+            served = client.predict(pngs, model="shoes", top_k=2)
+
+    labels = {p.label for p in served}
+    assert labels <= {"Sneaker", "Ankle boot"} and len(labels) == 2
+    accuracy = np.mean([p.label == t for p, t in zip(served, truth)])
+    print(f"served accuracy on {len(truth)} t10k Sneaker/Ankle boot images: {accuracy:.4f}")
+    assert accuracy >= 0.95
+
+    report = published_report(demo_registry / "shoes" / "1", epochs=3)
+    assert report["classes"] == ["Sneaker", "Ankle boot"]
+    matrix = np.array(report["confusion_matrix"]["matrix"])
+    train_images = int(np.isin(read_fashion_mnist("train")[1], SHOE_CLASSES).sum())
+    assert matrix.shape == (2, 2) and matrix.sum() == round(train_images * 0.2)  # the validation split
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(report["epochs"][-1]["val_accuracy"], abs=1e-6)
+
+
+def head_reference(weights: dict[str, torch.Tensor], jpeg: bytes, model: torch.nn.Module) -> np.ndarray:
+    """torchvision AlexNet pool5 on the preset tensor, averaged over space, through the head's
+    published linear layer, softmaxed: what the served head must answer."""
+    pooled = torch.from_numpy(reference_features(model, jpeg)).view(256, 6, 6).mean(dim=(1, 2))
+    logits = pooled @ weights["head.1.weight"].T + weights["head.1.bias"]
+    return torch.softmax(logits, 0).numpy()
+
+
+def test_feature_head_trained_on_a_photo_folder_predicts_its_labels(demo_registry, tmp_path, capsys):
+    files = photo_folder(tmp_path / "photos")
+    with running_server(demo_registry) as server:
+        assert main(["train", "--registry", str(demo_registry), "--name", "photos", "--arch", "feature_head",
+                     "--data", str(tmp_path / "photos"), "--backbone", "alexnet", "--val-fraction", "0.2",
+                     "--no-progress"]) == 0
+        assert "published photos/1" in capsys.readouterr().out
+        server.reload()
+        paths = list(files)
+        jpegs = [p.read_bytes() for p in paths]
+        with FeaturizerClient(server.target) as client:
+            served = client.predict(jpegs, model="photos", top_k=3)
+
+    manifest = json.loads((demo_registry / "photos" / "1" / "model.json").read_text())
+    assert manifest["kind"] == "head" and manifest["backbone"] == {"model": "alexnet", "version": 1}
+    assert manifest["output"]["labels"] == sorted(PHOTO_CLASSES)
+    assert [p.label for p in served] == [files[p] for p in paths]  # right on every image of the folder
+
+    weights = load_file(demo_registry / "photos" / "1" / "weights.safetensors")
+    reference = torchvision_alexnet()
+    for prediction, jpeg in zip(served[:4], jpegs[:4]):
+        expected = head_reference(weights, jpeg, reference)
+        got = {c.index: c.probability for c in prediction.classes}
+        assert np.allclose([got[i] for i in range(len(expected))], expected, atol=1e-4)
+    published_report(demo_registry / "photos" / "1", epochs=100)  # the feature_head default
