@@ -1,0 +1,142 @@
+"""Closed-loop load: N callers, each sending its next request as soon as the last one returns.
+
+Runs as its own process (light: grpc, aiohttp and numpy, never torch) so the server under test
+is measured from outside. Requests that start during ``--warmup`` are not counted; the window
+closes at ``--seconds`` and requests still in flight then are not counted either. Prints one
+JSON line: images/s, latency percentiles, errors by code, and this process's CPU seconds (the
+share of the 2 cores the load itself took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from payloads import read_payloads  # noqa: E402
+
+from featurizer_client.v1 import featurizer_pb2 as pb  # noqa: E402
+from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc  # noqa: E402
+
+RPC_TIMEOUT_S = 60.0
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+
+
+class Window:
+    """The measurement window and what completed inside it."""
+
+    def __init__(self, warmup: float, seconds: float) -> None:
+        now = time.perf_counter()
+        self.start = now + warmup
+        self.end = self.start + seconds
+        self.latencies: list[float] = []
+        self.images = 0
+        self.errors: Counter[str] = Counter()
+
+    def record(self, started: float, images: int, error: str | None) -> None:
+        finished = time.perf_counter()
+        if started < self.start or finished > self.end:
+            return
+        if error is None:
+            self.latencies.append(finished - started)
+            self.images += images
+        else:
+            self.errors[error] += 1
+
+
+def grpc_sender(target: str, rpc: str, model: str):
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    stub = pb_grpc.FeaturizerStub(channel)
+
+    async def send(batch: list[bytes]) -> str | None:
+        images = [pb.Image(encoded=data) for data in batch]
+        try:
+            if rpc == "predict":
+                await stub.Predict(pb.PredictRequest(model=model, images=images), timeout=RPC_TIMEOUT_S)
+            else:
+                await stub.Embed(pb.EmbedRequest(model=model, images=images), timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return None
+
+    return send, channel.close
+
+
+def http_sender(target: str, rpc: str, model: str):
+    """LitServe: JSON with base64 images (its default request format)."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RPC_TIMEOUT_S),
+                                    connector=aiohttp.TCPConnector(limit=0))
+    url = f"http://{target}/predict"
+
+    async def send(batch: list[bytes]) -> str | None:
+        body = {"images": [base64.b64encode(data).decode() for data in batch]}
+        try:
+            async with session.post(url, json=body) as response:
+                await response.read()
+                return None if response.status == 200 else f"HTTP_{response.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            return type(error).__name__
+
+    return send, session.close
+
+
+async def caller(send, payloads: list[bytes], offset: int, batch: int, window: Window) -> None:
+    i = offset
+    while time.perf_counter() < window.end:
+        chunk = [payloads[(i + k) % len(payloads)] for k in range(batch)]
+        i += batch
+        started = time.perf_counter()
+        error = await send(chunk)
+        window.record(started, batch, error)
+
+
+async def run(args: argparse.Namespace) -> dict:
+    payloads = read_payloads(args.payloads)
+    make = http_sender if args.protocol == "http" else grpc_sender
+    send, close = make(args.target, args.rpc, args.model)
+    window = Window(args.warmup, args.seconds)
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(caller(send, payloads, k, args.batch, window) for k in range(args.concurrency))),
+            timeout=args.warmup + args.seconds + RPC_TIMEOUT_S + 5)
+    finally:
+        await close()
+    ms = np.array(window.latencies) * 1000 if window.latencies else np.array([float("nan")])
+    return {"concurrency": args.concurrency, "batch": args.batch, "seconds": args.seconds,
+            "requests": len(window.latencies), "images": window.images, "images_per_s": window.images / args.seconds,
+            "errors": dict(window.errors), "latency_ms": {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", required=True, help="host:port")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--rpc", choices=("embed", "predict"), default="embed")
+    parser.add_argument("--model", default="alexnet")
+    parser.add_argument("--payloads", type=Path, required=True, help="folder of .jpg files")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="images per request")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    cpu = psutil.Process().cpu_times()
+    result["client_cpu_s"] = cpu.user + cpu.system
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

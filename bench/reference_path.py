@@ -1,0 +1,41 @@
+"""The model and preprocessing every baseline runs (limit, naive server, peers).
+
+They are featurizer's own steps (``featurizer.preprocessing``) and the demo registry's seeded
+AlexNet ``features``, so every system computes the same 9216-float rows from the same bytes and
+only the serving around them differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from featurizer.demo import seeded_alexnet
+from featurizer.manifest import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from featurizer.preprocessing import ImageLimits, decode, normalize_batch, resize_for
+
+SPEC = InputSpec()  # resize 256, centre crop 224: the demo manifest's input
+LIMITS = ImageLimits(max_image_bytes=32 * 1024 * 1024, max_image_pixels=40_000_000)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def load_features(channels_last: bool = True) -> torch.nn.Module:
+    """AlexNet ``features`` with the demo weights, eval mode, in the chosen memory format."""
+    model = seeded_alexnet().features.eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def preprocess(data: bytes) -> torch.Tensor:
+    """JPEG bytes -> uint8 [3, 224, 224], exactly as featurizer does it."""
+    return resize_for(decode(data, LIMITS), SPEC)
+
+
+@torch.inference_mode()
+def forward(model: torch.nn.Module, images: Sequence[torch.Tensor], channels_last: bool = True) -> torch.Tensor:
+    """uint8 images -> float32 [N, 9216]: stack, normalise, features, flatten."""
+    x = normalize_batch(torch.stack(list(images)), _MEAN, _STD)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return torch.flatten(model(x), 1)

@@ -1,0 +1,189 @@
+"""Results -> ratios (median and range over rounds) -> JSON, docs/performance.md and PNG plots.
+
+The "where the time goes" section is written by hand from a profile (bench/where_time_goes.md)
+and included as is; everything else in the report comes from the run's own figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+BENCH = Path(__file__).resolve().parent
+ANALYSIS = BENCH / "where_time_goes.md"
+PYTRITON = BENCH / "peers" / "PYTRITON.md"
+PEERS = ("litserve", "pytriton")
+
+
+def machine() -> dict:
+    import psutil
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+def _ips(result: dict, label: str) -> Optional[float]:
+    load = result.get("loads", {}).get(label, {})
+    return load.get("images_per_s") or None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a and b else None
+
+
+def ratios_of_round(rnd: dict) -> dict[str, Optional[float]]:
+    """Every ratio the issue asks for, from one round's figures."""
+    feat = rnd.get("featurizer", {})
+    limit = rnd.get("limit", {})
+    out: dict[str, Optional[float]] = {}
+    labels = list(feat.get("loads", {}))
+    for label in labels:
+        if label.startswith("largenet"):
+            out[f"featurizer/echo {label}"] = _ratio(_ips(feat, label), _ips(rnd.get("echo", {}), label))
+            continue
+        if limit.get("best"):
+            out[f"featurizer/limit {label}"] = _ratio(_ips(feat, label), limit["best"]["images_per_s"])
+        for other in ("naive", *PEERS):
+            if other in rnd and "loads" in rnd[other]:
+                out[f"featurizer/{other} {label}"] = _ratio(_ips(feat, label), _ips(rnd[other], label))
+    c1 = feat.get("loads", {}).get("c1", {}).get("latency_ms", {}).get("p50")
+    if limit.get("batch1") and c1:
+        out["featurizer p50 at 1 caller / limit batch-1 latency"] = c1 / limit["batch1"]["latency_ms"]["p50"]
+    return out
+
+
+def summarize(results: dict) -> dict:
+    """Median and range over rounds of every ratio, and of every system's images/s per load."""
+    per_round = [ratios_of_round(rnd) for rnd in results["rounds"]]
+    ratios = {}
+    for key in dict.fromkeys(k for r in per_round for k in r):
+        values = [r[key] for r in per_round if r.get(key) is not None]
+        ratios[key] = _spread(values)
+    throughput: dict[str, dict] = {}
+    for rnd in results["rounds"]:
+        for name, result in rnd.items():
+            if name == "limit" and result.get("best"):
+                throughput.setdefault("limit", {}).setdefault("best", []).append(result["best"]["images_per_s"])
+            for label, load in result.get("loads", {}).items():
+                if load.get("images_per_s"):
+                    throughput.setdefault(name, {}).setdefault(label, []).append(load["images_per_s"])
+    return {"ratios": ratios,
+            "images_per_s": {n: {l: _spread(v) for l, v in loads.items()} for n, loads in throughput.items()}}
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def one_line(name: str, result: dict) -> str:
+    if "failed" in result or "skipped" in result:
+        return ("FAILED: " + result["failed"].splitlines()[0]) if "failed" in result else "skipped"
+    if name == "limit":
+        best = result["best"]
+        return f"best {best['images_per_s']:.1f} img/s (batch {best['batch']}, channels_last={best['channels_last']})"
+    return ", ".join(f"{label} {load.get('images_per_s', 0):.1f} img/s" for label, load in result["loads"].items())
+
+
+def summary_text(summary: dict) -> str:
+    lines = ["ratio (median [min..max] over rounds):"]
+    for key, s in summary["ratios"].items():
+        lines.append(f"  {key}: " + (f"{s['median']:.2f} [{s['min']:.2f}..{s['max']:.2f}]" if s["n"] else "n/a"))
+    return "\n".join(lines)
+
+
+def write(results: dict, results_dir: Path, docs_dir: Path) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(results["started_unix"]))
+    json_path = results_dir / f"{stamp}.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    import plots
+
+    images = plots.draw(results, docs_dir)
+    md_path = docs_dir / "performance.md"
+    md_path.write_text(markdown(results, json_path, images))
+    return json_path, md_path
+
+
+def _fmt(s: dict, digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})" if s.get("n") else "n/a"
+
+
+def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
+    m, cfg, summary = results["machine"], results["config"], results["summary"]
+    out = ["# Performance", "",
+           "Generated by `bench/report.py` from one run of `bench/run.py`; do not edit by hand except "
+           "`bench/where_time_goes.md`, which is included below.", "",
+           "## Machine and command", "",
+           f"- CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; torch {m['torch']} "
+           f"({m['torch_threads']} threads), Python {m['python']}; {m['platform']}",
+           f"- Command: `{results['command']}` ({'quick' if cfg['quick'] else 'full'} mode, {cfg['rounds']} round(s), "
+           f"{cfg['seconds']:g} s per load after {cfg['warmup']:g} s warm-up; run took {results['duration_s'] / 60:.1f} min)",
+           f"- Raw results: `{json_path.relative_to(BENCH.parent) if json_path.is_relative_to(BENCH.parent) else json_path}`",
+           "- Payloads: " + ", ".join(f"{p['name']} {p['width']}x{p['height']} ({p['bytes'] // 1024} KiB JPEG)"
+                                      for p in results["payloads"]["full"]) + "; LargeNet gets the same photos at 32x32.",
+           "- Load generators are separate processes (grpc.aio, no torch) on the same 2 cores as the server: "
+           "their CPU time (`client_cpu_s` in the JSON) is taken from the server under test, equally for every system.",
+           "", "## Ratios (median and range over rounds)", "", "| ratio | median (min–max) |", "|---|---|"]
+    out += [f"| {key} | {_fmt(s)} |" for key, s in summary["ratios"].items()]
+    out += ["", "## Throughput (images/s, median and range over rounds)", ""]
+    labels = list(dict.fromkeys(l for loads in summary["images_per_s"].values() for l in loads))
+    out += ["| system | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, loads in summary["images_per_s"].items():
+        out.append(f"| {name} | " + " | ".join(_fmt(loads[l], 1) if l in loads else "" for l in labels) + " |")
+    out += ["", "The limit is one figure (best batch size and memory format, in-process), so it appears "
+            "under `best`.", "", "## Every round", ""]
+    for i, rnd in enumerate(results["rounds"]):
+        out += [f"### Round {i + 1}", "", "| system | load | images/s | p50 ms | p95 ms | p99 ms | errors | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|"]
+        for name, result in rnd.items():
+            out += _round_rows(name, result)
+        out.append("")
+    if "memory" in results:
+        mem = results["memory"]
+        out += ["## Memory under load", "",
+                f"{mem['minutes']:g} minutes of {mem['concurrency']} callers: RSS {mem['first_minute_rss_bytes'] / 2**20:.0f} MiB "
+                f"after the first minute, {mem['end_rss_bytes'] / 2**20:.0f} MiB at the end "
+                f"({(mem['growth'] or 0) * 100:+.1f}%), peak {mem['peak_rss_bytes'] / 2**20:.0f} MiB.", ""]
+    out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    if ANALYSIS.exists():
+        out += [ANALYSIS.read_text().strip(), ""]
+    if "pytriton" in cfg["systems"]:
+        out += ["## Peers that could not run", "", PYTRITON.read_text().strip(), ""]
+    return "\n".join(out)
+
+
+def _round_rows(name: str, result: dict) -> list[str]:
+    if "skipped" in result:
+        return [f"| {name} | — | skipped: {result['skipped'].splitlines()[0]} | | | | | |"]
+    if "failed" in result:
+        return [f"| {name} | — | failed: {result['failed'].splitlines()[0][:120]} | | | | | |"]
+    if name == "limit":
+        rows = []
+        for c in result["configs"]:
+            lat = c["latency_ms"]
+            rows.append(f"| limit | batch {c['batch']}{' channels_last' if c['channels_last'] else ''} | "
+                        f"{c['images_per_s']:.1f} | {lat['p50']:.0f} | {lat['p95']:.0f} | {lat['p99']:.0f} | 0 | "
+                        f"{result['peak_rss_bytes'] / 2**20:.0f} |")
+        return rows
+    rows = []
+    for label, load in result["loads"].items():
+        if "failed" in load:
+            rows.append(f"| {name} | {label} | failed | | | | | |")
+            continue
+        lat = load["latency_ms"]
+        errors = sum(load["errors"].values())
+        rows.append(f"| {name} | {label} | {load['images_per_s']:.1f} | {lat['p50']:.0f} | {lat['p95']:.0f} | "
+                    f"{lat['p99']:.0f} | {errors} | {result.get('peak_rss_bytes', 0) / 2**20:.0f} |")
+    return rows

@@ -1,0 +1,160 @@
+"""featurizer against the machine's limit, a naive server and real peers, in one run.
+
+Systems run one after another in interleaved rounds (limit, featurizer, naive, peers, echo; then
+again), because this machine's speed drifts within a run: ratios are taken inside a round and
+reported as the median and range over rounds. Every server is a subprocess started and stopped
+here; every load generator is a separate process. Writes bench/results/<timestamp>.json and
+docs/performance.md (+ PNGs).
+
+    python bench/run.py            # full: 3 rounds, 8 s per load (about 20 minutes)
+    python bench/run.py --quick    # 1 round, a couple of seconds per load (smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+import systems  # noqa: E402
+from demo_registry import build_registry  # noqa: E402
+from memory import memory_check  # noqa: E402
+from payloads import describe, write_payloads  # noqa: E402
+from procs import ChildFailed, run_to_json, stop_all  # noqa: E402
+from rss import RssSampler  # noqa: E402
+
+ALL_SYSTEMS = ("limit", "featurizer", "naive", "litserve", "pytriton", "echo")
+PYTRITON_REASON = (BENCH / "peers" / "PYTRITON.md")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 round, short loads: a smoke run")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per load (default 8; 2 with --quick)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each load (default 2; 0.5 with --quick)")
+    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated subset of " + ",".join(ALL_SYSTEMS))
+    parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop single-image callers")
+    parser.add_argument("--batch", type=int, default=64, help="images per request of the one batch client (0 = none)")
+    parser.add_argument("--largenet-concurrency", type=int, default=64, help="callers of the LargeNet load (0 = none)")
+    parser.add_argument("--memory-minutes", type=float, help="memory check length (default 8; 0 = off, 0 with --quick)")
+    parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    parser.add_argument("--log-dir", type=Path, help="keep every child's log here (default: a temporary folder)")
+    parser.add_argument("--docs-dir", type=Path, default=BENCH.parent / "docs", help="where performance.md and PNGs go")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.seconds = args.seconds or (2.0 if quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
+    args.memory_minutes = args.memory_minutes if args.memory_minutes is not None else (0.0 if quick else 8.0)
+    args.systems = [s for s in args.systems.split(",") if s]
+    unknown = set(args.systems) - set(ALL_SYSTEMS)
+    if unknown:
+        parser.error(f"--systems: unknown {sorted(unknown)}; expected some of {', '.join(ALL_SYSTEMS)}")
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    return args
+
+
+def loads_for(name: str, args: argparse.Namespace) -> list[dict]:
+    """The loads one system gets: AlexNet single-image callers and a batch client; LargeNet for
+    featurizer and the echo server."""
+    alexnet = [] if name == "echo" else (
+        [{"label": f"c{c}", "rpc": "embed", "model": "alexnet", "payloads": "full", "concurrency": c, "batch": 1}
+         for c in args.concurrency]
+        + ([{"label": f"b{args.batch}", "rpc": "embed", "model": "alexnet", "payloads": "full", "concurrency": 1,
+             "batch": args.batch}] if args.batch else []))
+    largenet = ([{"label": f"largenet_c{args.largenet_concurrency}", "rpc": "predict", "model": "largenet",
+                  "payloads": "small", "concurrency": args.largenet_concurrency, "batch": 1}]
+                if args.largenet_concurrency and name in ("featurizer", "echo") else [])
+    return alexnet + largenet
+
+
+def run_limit(ctx: systems.Context, args: argparse.Namespace, round_index: int) -> dict:
+    per_config = max(1.0, args.seconds / 2)
+    argv = [sys.executable, str(BENCH / "limit.py"), "--payloads", str(ctx.payloads["full"]), "--seconds", str(per_config)]
+    if args.quick:
+        argv += ["--batches", "1,8", "--formats", "channels_last"]
+    return json.loads(run_to_json(f"limit-r{round_index}", argv, ctx.log_dir, timeout=600))
+
+
+def run_server(name: str, ctx: systems.Context, args: argparse.Namespace, round_index: int) -> dict:
+    started = time.monotonic()
+    running = systems.start(name, ctx, round_index)
+    result: dict = {"startup_s": time.monotonic() - started, "pid": running.child.proc.pid, "loads": {}}
+    try:
+        with RssSampler(running.child) as sampler:
+            for load in loads_for(name, args):
+                result["loads"][load["label"]] = run_load(running, load, ctx, args, round_index)
+        result["peak_rss_bytes"] = sampler.peak
+    finally:
+        running.stop()
+    return result
+
+
+def run_load(running: systems.Running, load: dict, ctx: systems.Context, args: argparse.Namespace,
+             round_index: int) -> dict:
+    argv = [sys.executable, str(BENCH / "loadgen.py"), "--target", running.target, "--protocol", running.protocol,
+            "--rpc", load["rpc"], "--model", load["model"], "--payloads", str(ctx.payloads[load["payloads"]]),
+            "--concurrency", str(load["concurrency"]), "--batch", str(load["batch"]),
+            "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+    timeout = args.warmup + args.seconds + 120
+    try:
+        return json.loads(run_to_json(f"load-{running.name}-{load['label']}-r{round_index}", argv, ctx.log_dir, timeout))
+    except ChildFailed as error:
+        return {"failed": str(error)[-1000:]}
+
+
+def run_system(name: str, ctx: systems.Context, args: argparse.Namespace, round_index: int) -> dict:
+    print(f"[round {round_index + 1}/{args.rounds}] {name} ...", flush=True)
+    if name == "pytriton":
+        return {"skipped": PYTRITON_REASON.read_text().strip()}
+    try:
+        result = run_limit(ctx, args, round_index) if name == "limit" else run_server(name, ctx, args, round_index)
+    except ChildFailed as error:
+        result = {"failed": str(error)[-2000:]}
+    print(f"[round {round_index + 1}/{args.rounds}] {name}: {report.one_line(name, result)}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python bench/run.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    began = time.time()
+    with tempfile.TemporaryDirectory(prefix="featurizer-bench-") as tmp:
+        work = Path(tmp)
+        log_dir = args.log_dir or work / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        payloads = write_payloads(work / "payloads")
+        ctx = systems.Context(registry=build_registry(work / "registry"), payloads=payloads, log_dir=log_dir)
+        results: dict = {"command": command, "machine": report.machine(), "started_unix": began,
+                         "config": {"quick": args.quick, "rounds": args.rounds, "seconds": args.seconds,
+                                    "warmup": args.warmup, "systems": args.systems, "concurrency": args.concurrency,
+                                    "batch": args.batch, "largenet_concurrency": args.largenet_concurrency,
+                                    "memory_minutes": args.memory_minutes},
+                         "payloads": {kind: describe(folder) for kind, folder in payloads.items()}, "rounds": []}
+        try:
+            for r in range(args.rounds):
+                results["rounds"].append({name: run_system(name, ctx, args, r) for name in args.systems})
+            if args.memory_minutes > 0 and "featurizer" in args.systems:
+                print(f"memory check: {args.memory_minutes} min of 64 callers ...", flush=True)
+                results["memory"] = memory_check(ctx, args.memory_minutes)
+        finally:
+            stop_all()
+        results["duration_s"] = time.time() - began
+        results["summary"] = report.summarize(results)
+        json_path, md_path = report.write(results, args.results_dir, args.docs_dir)
+    print(report.summary_text(results["summary"]))
+    print(f"wrote {json_path} and {md_path} in {results['duration_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
