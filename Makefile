@@ -29,6 +29,8 @@ system-deps: ## Debian packages the tests use (prometheus, Fashion-MNIST, docker
 	$(SUDO) apt-get update -q
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_DEPS)
 	command -v npm >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+	# kubectl (with kustomize v5) ships in this machine image from the cloud-sdk apt repository.
+	command -v kubectl >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubectl
 
 run: install ## serve the embedded demo registry on 0.0.0.0:50051 (metrics on :9090)
 	$(VENV)/bin/featurizer serve --host 0.0.0.0 --port 50051 --metrics-port 9090
