@@ -4,17 +4,12 @@ well-behaved clients keep getting correct answers; generated requests never caus
 from __future__ import annotations
 
 import shutil
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 import pytest
 from featurizer_client.tensors import from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
-from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -22,6 +17,7 @@ from tests.support.bad_inputs import SERVER_SETTINGS, corpus, leaks, publish_cor
 from tests.support.images import encode, photos
 from tests.support.reference import reference_features, torchvision_alexnet
 from tests.support.servers import health_status, running_server
+from tests.support.traffic import running_traffic
 
 TOLERANCE = 1e-4
 GOOD_CLIENTS = 8
@@ -50,49 +46,11 @@ def call_raw(channel: grpc.Channel, method: str, request: bytes, timeout: float 
         return error.code(), error.details() or "", None
 
 
-@dataclass
-class GoodClients:
-    """Well-behaved callers in threads: each checks every answer against its first one."""
-
-    target: str
-    stop: threading.Event = field(default_factory=threading.Event)
-    calls: list[int] = field(default_factory=lambda: [0] * GOOD_CLIENTS)
-    errors: list[str] = field(default_factory=list)
-
-    def run(self, index: int) -> None:
-        image = pb.Image(tensor=to_proto(photos()["coffee"][index * 8: index * 8 + 48, :64].copy()))
-        with grpc.insecure_channel(self.target) as channel:
-            stub = pb_grpc.FeaturizerStub(channel)
-            if index % 2:
-                ask = lambda: from_proto(stub.Embed(pb.EmbedRequest(model="alexnet", images=[image]), timeout=60).embeddings)
-            else:
-                ask = lambda: [c.probability for c in stub.Predict(
-                    pb.PredictRequest(model="largenet", images=[image]), timeout=60).predictions[0].classes]
-            first = None
-            while not self.stop.is_set():
-                try:
-                    answer = np.asarray(ask())
-                except grpc.RpcError as error:
-                    self.errors.append(f"client {index}: {error.code().name} {error.details()}")
-                    continue
-                first = answer if first is None else first
-                if not np.array_equal(answer, first):
-                    self.errors.append(f"client {index}: answer changed")
-                self.calls[index] += 1
-
-
-@contextmanager
-def good_clients(target: str) -> Iterator[GoodClients]:
-    clients = GoodClients(target)
-    threads = [threading.Thread(target=clients.run, args=(i,), daemon=True) for i in range(GOOD_CLIENTS)]
-    for t in threads:
-        t.start()
-    try:
-        yield clients
-    finally:
-        clients.stop.set()
-        for t in threads:
-            t.join(120)
+def good_requests() -> list:
+    """Half the callers ask AlexNet for features, half LargeNet for predictions; distinct images."""
+    images = [pb.Image(tensor=to_proto(photos()["coffee"][i * 8: i * 8 + 48, :64].copy())) for i in range(GOOD_CLIENTS)]
+    return [pb.EmbedRequest(model="alexnet", images=[im]) if i % 2 else pb.PredictRequest(model="largenet", images=[im])
+            for i, im in enumerate(images)]
 
 
 def test_every_case_gets_its_documented_outcome_while_good_clients_see_no_errors(corpus_server):
@@ -100,7 +58,8 @@ def test_every_case_gets_its_documented_outcome_while_good_clients_see_no_errors
     cases = corpus()
     assert len(cases) >= 25
     wrong = []
-    with good_clients(corpus_server.target) as clients, grpc.insecure_channel(corpus_server.target) as channel:
+    with running_traffic(corpus_server.target, good_requests(), GOOD_CLIENTS) as clients, \
+            grpc.insecure_channel(corpus_server.target) as channel:
         for case in cases:
             code, details, response = call_raw(channel, case.method, case.request)
             if code != case.code or case.message not in details:
