@@ -57,7 +57,7 @@ def photos_and_maps():
         maps, y = [], x
         for layer in model.features:
             y = layer(y)
-            maps.append(y)
+            maps.append(y.clone())  # torchvision's ReLUs work in place: keep each layer's own output
     return data, maps
 
 
