@@ -28,7 +28,10 @@ class RetryPolicy:
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     backoff_multiplier: float = 2.0
-    codes: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+    # CANCELLED too: a server shutting down cancels the calls it received but had not started
+    # (grpc/grpc#41785). Retrying is safe: gRPC never retries a call the caller cancelled, nor
+    # one whose answer had begun.
+    codes: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED")
 
     def as_json(self) -> dict:
         return {"maxAttempts": self.max_attempts, "initialBackoff": f"{self.initial_backoff}s",
@@ -78,6 +81,9 @@ class Connection:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.service_config", self.service_config()),
             ("grpc.enable_retries", 1 if self.retry is not None else 0),
+            # Reconnect to a restarted server within ~2 s, not gRPC's default of up to 120 s.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if self.tls is not None and self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))

@@ -57,9 +57,11 @@ def to_image(item: ImageLike) -> pb.Image:
 
 def expand_inputs(images: ImageLike | Iterable[ImageLike]) -> Iterator[ImageLike]:
     """Flatten a single input or a sequence of inputs into single images, lazily, without reading
-    files (directories and globs become their sorted file paths)."""
-    if isinstance(images, (bytes, bytearray, memoryview, np.ndarray)) or hasattr(images, "convert"):
-        items: Iterable[ImageLike] = [images]
+    files (directories and globs become their sorted file paths; a uint8 NHWC array, N images)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.uint8:
+        items: Iterable[ImageLike] = iter(images)
+    elif isinstance(images, (bytes, bytearray, memoryview, np.ndarray)) or hasattr(images, "convert"):
+        items = [images]
     elif isinstance(images, (str, os.PathLike)):
         items = expand_paths(images)
     else:

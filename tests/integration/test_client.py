@@ -19,6 +19,7 @@ from tests.support.registries import publish_alexnet, publish_feature_head, publ
 from tests.support.servers import running_server
 
 TOLERANCE = 1e-4
+SAME = 1e-6  # float32 rounding of the same rows in differently composed server batches
 CLASSES = [f"class{i}" for i in range(10)]
 NAMES = ("chelsea", "coffee", "astronaut")
 
@@ -83,7 +84,7 @@ def test_sync_and_async_agree_with_torch_for_each_input_kind(server, arrays, ima
         X = client.embed(inputs_of(kind, arrays, image_dir), model="largenet", batch_size=2)
     Y = asyncio.run(async_embed(server.target, inputs_of(kind, arrays, image_dir), model="largenet", batch_size=2))
     assert X.shape == (len(NAMES), 10) and X.dtype == np.float32
-    assert np.array_equal(X, Y)
+    assert np.abs(X - Y).max() <= SAME
     assert np.abs(X - reference).max() <= TOLERANCE
     assert np.abs(X[0] - X[1]).max() > 1e-3  # distinct photos, distinct rows
 
@@ -233,5 +234,5 @@ def test_retry_policy_is_grpc_service_config():
     config = json.loads(Connection("dns:///featurizer-headless:50051", retry=RetryPolicy(max_attempts=4)).service_config())
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     policy = config["methodConfig"][0]["retryPolicy"]
-    assert policy["maxAttempts"] == 4 and set(policy["retryableStatusCodes"]) == {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+    assert policy["maxAttempts"] == 4 and {"UNAVAILABLE", "RESOURCE_EXHAUSTED"} <= set(policy["retryableStatusCodes"])
     assert "methodConfig" not in json.loads(Connection("x:1", retry=None).service_config())

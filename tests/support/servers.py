@@ -121,3 +121,12 @@ def health_status(target: str, service: str = "", timeout: float = 5) -> int:
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for a server that must come back on the same port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
