@@ -21,7 +21,7 @@ from tests.support.servers import ServerProcess, ServerThread, health_status
 from tests.support.test_builders import GATES, Gate, publish_test_model
 
 IN_FLIGHT = 16
-IMAGES_PER_CALL = 4
+IMAGES_PER_CALL = 2
 
 
 def _outcome(call: grpc.Future) -> grpc.StatusCode:
@@ -32,7 +32,7 @@ def _outcome(call: grpc.Future) -> grpc.StatusCode:
         return error.code()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_drains_calls_in_flight_then_exits_zero(demo_registry_template, signum):
     server = ServerProcess(demo_registry_template, "--grace-seconds", "60")
     try:
