@@ -36,6 +36,14 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def read_token(path: Path) -> str:
+    """The bearer token in ``path``; an empty one would let ``Bearer `` through, so it is refused."""
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"--auth-token-file: {path} is empty; put the bearer token in it")
+    return token
+
+
 class FeaturizerServer:
     """One server process worth of featurizer. ``await start()``; ``port`` is then bound."""
 
@@ -62,13 +70,13 @@ class FeaturizerServer:
     async def listen(self) -> None:
         """Bind and answer RPCs; health says NOT_SERVING until ``load_models`` finishes."""
         s = self.settings
+        interceptors = [ObservabilityInterceptor(self.metrics, lambda m: m in self.manager.model_names())]
+        if s.auth_token_file is not None:
+            interceptors.append(TokenAuthInterceptor(read_token(Path(s.auth_token_file))))
         self.metrics.set_build_info(__version__, torch.__version__, self.device.label)
         if s.metrics_port >= 0:
             self._metrics_http, _ = self.metrics.serve_http(s.metrics_port, s.host)
             self.metrics_port = self._metrics_http.server_port
-        interceptors = [ObservabilityInterceptor(self.metrics, lambda m: m in self.manager.model_names())]
-        if s.auth_token_file is not None:
-            interceptors.append(TokenAuthInterceptor(Path(s.auth_token_file).read_text().strip()))
         self._server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", max(s.max_message_bytes, 256 * 1024 * 1024)),

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
+from featurizer.server import read_token
 from tests.support.servers import health_status, running_server
 
 TOKEN = "s3cret-token-for-tests"
@@ -125,3 +126,10 @@ def test_bearer_token_is_required_except_for_health(demo_registry_template, tmp_
                 assert "authorization: Bearer" in refused.details() and TOKEN not in refused.details()
         assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING  # probes need no token
         assert server.sample("featurizer_requests_total", method="ListModels", model="", code="UNAUTHENTICATED") == 3
+
+
+def test_an_empty_token_file_is_refused_before_serving(tmp_path):
+    empty = tmp_path / "token"
+    empty.write_text(" \n")
+    with pytest.raises(ValueError, match="auth-token-file.*empty"):  # else "Bearer " would pass
+        read_token(empty)
