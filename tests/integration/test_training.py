@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from featurizer.cli import main
+from featurizer.demo import FASHION_DEMO_MODEL, publish_fashion_demo
 from featurizer.training.datasets import FASHION_MNIST_LABELS, read_fashion_mnist
 from featurizer_client import FeaturizerClient
 from tests.support.images import encode, photos
@@ -122,3 +123,17 @@ def test_feature_head_trained_on_a_photo_folder_predicts_its_labels(demo_registr
         got = {c.index: c.probability for c in prediction.classes}
         assert np.allclose([got[i] for i in range(len(expected))], expected, atol=1e-4)
     published_report(demo_registry / "photos" / "1", epochs=100)  # the feature_head default
+
+
+def test_demo_registry_serves_a_real_fashion_mnist_model_deterministically(demo_server, demo_registry_template,
+                                                                           tmp_path):
+    pngs, truth = fashion_pngs("t10k", SHOE_CLASSES)
+    with FeaturizerClient(demo_server.target) as client:
+        served = client.predict(pngs[::4], model=FASHION_DEMO_MODEL)
+    accuracy = np.mean([p.label == t for p, t in zip(served, truth[::4])])
+    assert accuracy >= 0.9, accuracy
+
+    publish_fashion_demo(tmp_path)  # the same seed again: the very same weights
+    again = json.loads((tmp_path / FASHION_DEMO_MODEL / "1" / "model.json").read_text())
+    first = json.loads((demo_registry_template / FASHION_DEMO_MODEL / "1" / "model.json").read_text())
+    assert again["weights"]["sha256"] == first["weights"]["sha256"]

@@ -26,6 +26,7 @@ def curves_png(history: History, title: str) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [e.epoch for e in history.epochs]
     figure = Figure(figsize=(9, 3.5), dpi=100)
@@ -35,6 +36,7 @@ def curves_png(history: History, title: str) -> bytes:
         if all(v is not None for v in val):
             axes.plot(epochs, val, "s-", label="validation")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(name)
         axes.grid(alpha=0.3)
         axes.legend()
