@@ -72,6 +72,8 @@ def test_every_case_gets_its_documented_outcome_while_good_clients_see_no_errors
                 if not gap <= TOLERANCE:
                     wrong.append(f"{case.name}: row differs from the reference by {gap}")
     assert not wrong, "\n".join(wrong)
+    print(f"\ncorpus: {len(cases)} cases as documented; {GOOD_CLIENTS} good clients made {sum(clients.calls)} "
+          f"calls meanwhile (min {min(clients.calls)} per client), {len(clients.errors)} errors")
     assert clients.errors == []
     assert min(clients.calls) > 0, clients.calls  # every good client was served meanwhile
     assert corpus_server.sample("featurizer_requests_total", method="Embed", model="", code="INTERNAL") == 0
@@ -107,7 +109,7 @@ _requests = st.one_of(
               _models, _versions, st.lists(_images, max_size=4), st.integers(-10, 2**31 - 1), st.booleans(), _options))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=_requests)
 def test_generated_requests_get_documented_codes_never_internal(corpus_server, request):
     method, message = request
@@ -123,3 +125,18 @@ def test_server_still_serves_after_generated_requests(corpus_server):
         code, _, response = call_raw(channel, "Embed", pb.EmbedRequest(
             model="alexnet", images=[pb.Image(encoded=_valid_image_bytes()[1])]).SerializeToString())
     assert code == grpc.StatusCode.OK and from_proto(response.embeddings).shape == (1, 9216)
+
+
+def test_an_undecodable_stream_message_ends_its_stream_with_invalid_argument(corpus_server):
+    image = pb.Image(encoded=_valid_image_bytes()[1])
+    message = pb.EmbedStreamRequest(id="x", request=pb.EmbedRequest(model="largenet", images=[image])).SerializeToString()
+    bad = message.replace(b"largenet", b"la\xffgenet")
+    with grpc.insecure_channel(corpus_server.target) as channel:
+        stream = channel.stream_stream("/featurizer.v1.Featurizer/EmbedStream", request_serializer=lambda b: b,
+                                       response_deserializer=pb.EmbedStreamResponse.FromString)
+        answers = stream(iter([message, bad, message]), timeout=60)
+        assert next(answers).WhichOneof("result") == "response"  # the item before it was answered
+        with pytest.raises(grpc.RpcError) as error:
+            list(answers)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request.model: not valid UTF-8" in error.value.details()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -121,11 +122,14 @@ def test_four_times_the_admission_limit_gets_resource_exhausted_at_once_and_reco
         stub = pb_grpc.FeaturizerStub(channel)
         with closed_gate(server, stub) as gate:
             refused = threading.Semaphore(0)
+            started = time.perf_counter()
             calls = [embed(stub, "gated", i) for i in range(offered)]
             for call in calls:
                 call.add_done_callback(lambda _: refused.release())
             for _ in range(offered - MAX_QUEUE):  # the excess is answered while the gate is still closed
                 assert refused.acquire(timeout=WAIT)
+            print(f"\noverload: {offered} offered, {offered - MAX_QUEUE} refused within "
+                  f"{(time.perf_counter() - started) * 1000:.0f} ms of the first send, while the model was blocked")
             done = [c for c in calls if c.done()]
             assert len(done) == offered - MAX_QUEUE
             assert {c.code() for c in done} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
