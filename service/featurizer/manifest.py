@@ -116,9 +116,11 @@ def _parse_input(raw: Any, where: str) -> InputSpec:
              f"'input.std' must be 3 positive numbers, got {list(std)!r}")
     if mode == "native":
         return InputSpec(mode=mode, resize=None, height=None, width=None, mean=mean, std=std)
-    height = _positive_int(raw.get("height"), where, "input.height")
-    width = _positive_int(raw.get("width"), where, "input.width")
-    resize = _positive_int(raw.get("resize"), where, "input.resize") if mode == "resize_crop" else None
+    default = InputSpec()  # sizes left out: torchvision's ImageNet preset (resize 256, crop 224)
+    height = _positive_int(raw.get("height", default.height), where, "input.height")
+    width = _positive_int(raw.get("width", default.width), where, "input.width")
+    resize = (_positive_int(raw.get("resize", default.resize), where, "input.resize")
+              if mode == "resize_crop" else None)
     if resize is not None:
         _require(resize >= min(height, width), where,
                  f"'input.resize' ({resize}) must be at least the crop's short side ({min(height, width)})")
