@@ -79,6 +79,8 @@ def test_registry_faults_while_traffic_runs(registry):
             moved.rename(registry)
             server.reload()
             assert traffic.wait_for_more()
+        print(f"\nfaults: {len(reasons) + 2} registry faults under traffic; 8 callers made {sum(traffic.calls)} "
+              f"calls, {len(traffic.errors)} errors")
         assert traffic.errors == []
         assert min(traffic.calls) > 0, traffic.calls
 
