@@ -77,10 +77,10 @@ def images_served(metrics_port: int) -> float:
 
 def test_job_survives_a_server_restart_on_the_same_port(registry, images, reference):
     port = free_port()
-    first = ServerProcess(registry, "--grace-seconds", "5", port=port)
+    first = ServerProcess(registry, "--grace-seconds", "2", port=port)
     second = None
     stopping, halfway = threading.Event(), threading.Event()
-    count = 3_000
+    count = 2_000
 
     def feed():
         """The job's input; a third of the way in, it waits until the server is being stopped."""
