@@ -137,3 +137,19 @@ def test_demo_registry_serves_a_real_fashion_mnist_model_deterministically(demo_
     again = json.loads((tmp_path / FASHION_DEMO_MODEL / "1" / "model.json").read_text())
     first = json.loads((demo_registry_template / FASHION_DEMO_MODEL / "1" / "model.json").read_text())
     assert again["weights"]["sha256"] == first["weights"]["sha256"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fashion-mnist", "--classes", "7"], "--classes: need two or more distinct"),
+    (["--fashion-mnist", "--classes", "7,x"], "--classes: expected comma-separated"),
+    (["--fashion-mnist", "--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    (["--fashion-mnist", "--val-fraction", "1.5"], "--val-fraction: must be in [0, 1), got 1.5"),
+    (["--data", "{tmp}/missing"], "--data: {tmp}/missing is not a directory"),
+    (["--arch", "feature_head", "--data", "{tmp}", "--backbone", "nope"], "--backbone: model 'nope' is not in"),
+])
+def test_bad_training_options_name_the_option_and_publish_nothing(demo_registry, tmp_path, capsys, flags, message):
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    before = sorted(p.name for p in demo_registry.iterdir())
+    assert main(["train", "--registry", str(demo_registry), "--name", "bad", "--no-progress", *flags]) == 1
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in demo_registry.iterdir()) == before

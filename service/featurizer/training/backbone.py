@@ -15,18 +15,21 @@ from ..builders import build
 from ..device import Device
 from ..inference import BackboneRunner, FeatureOutput, Item
 from ..manifest import Manifest, ManifestError
-from ..registry import Registry, RegistryError, parse_target
+from ..registry import Registry, RegistryError, alias_chain, parse_target
 
 
-def resolve(registry: Registry, name: str) -> tuple[str, int]:
-    """'alexnet', 'alexnet@2' or an alias -> (model, version); no version = the highest published."""
+def resolve(registry: Registry, name: str, option: str = "--backbone") -> tuple[str, int]:
+    """'alexnet', 'alexnet@2' or an alias -> (model, version); no version = the highest published.
+    Errors start with ``option``, the flag the name came from."""
     scan = registry.scan()
-    model, version = parse_target(scan.aliases.get(name, name))
+    model, version = parse_target(name)
+    model, aliased = alias_chain(scan.aliases, model)  # the server's alias rules
+    version = version or aliased
     versions = sorted(v for (m, v) in scan.versions if m == model)
     if not versions:
-        raise RegistryError(f"model {name!r} is not in the registry {registry.root}")
+        raise RegistryError(f"{option}: model {name!r} is not in the registry {registry.root}")
     if version and version not in versions:
-        raise RegistryError(f"model {model!r} has no version {version} (it has {versions})")
+        raise RegistryError(f"{option}: model {model!r} has no version {version} (it has {versions})")
     return model, version or versions[-1]
 
 

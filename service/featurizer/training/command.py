@@ -44,6 +44,8 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--per-class", args.per_class)):
         if value is not None and value < (0 if flag == "--per-class" else 1):
             raise ValueError(f"{flag}: must be a positive integer, got {value}")
+    if not 0 <= args.val_fraction < 1:  # checked before any data is loaded
+        raise ValueError(f"--val-fraction: must be in [0, 1), got {args.val_fraction}")
     settings = TrainSettings(epochs=args.epochs or defaults["epochs"], batch_size=args.batch_size or defaults["batch_size"],
                              learning_rate=args.lr or defaults["learning_rate"], seed=args.seed,
                              progress=not args.no_progress)
