@@ -1,8 +1,11 @@
 """The ceiling of this machine: decode + preprocess + AlexNet ``features`` in-process, no RPC.
 
-Tries every batch size and memory format for ``--seconds`` each and prints one JSON line: every
-configuration's images/s, the best one, and the batch-1 latency percentiles (what a lone caller
-could get at best). Run as its own process so it competes for the cores exactly like a server.
+Searches batch size x memory format x pipelining (preprocess the next batch on 2 threads while
+the current one runs, as a server can) for ``--seconds`` each and prints one JSON line: every
+configuration's images/s, the best one, and the best batch-1 latency without pipelining (what a
+lone caller could get at best). The model runs on a dedicated thread, as in featurizer and the
+naive server: on this machine, torch ops issued from the main thread with 2 intra-op threads ran
+several times slower under CPU contention than the same ops from a worker thread.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import itertools
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,39 +27,60 @@ from payloads import read_payloads  # noqa: E402
 from reference_path import forward, load_features, preprocess  # noqa: E402
 
 
-def measure(model: torch.nn.Module, payloads: list[bytes], batch: int, channels_last: bool, seconds: float) -> dict:
-    """Closed loop over batches of ``batch`` images for about ``seconds``."""
+def measure(model: torch.nn.Module, payloads: list[bytes], batch: int, channels_last: bool, pipelined: bool,
+            seconds: float) -> dict:
+    """Closed loop over batches of ``batch`` images for about ``seconds`` (on the calling thread)."""
     source = itertools.cycle(payloads)
-    forward(model, [preprocess(next(source)) for _ in range(batch)], channels_last)  # warm-up
-    latencies: list[float] = []
-    images = 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
-        forward(model, [preprocess(next(source)) for _ in range(batch)], channels_last)
-        latencies.append(time.perf_counter() - t0)
-        images += batch
-    elapsed = time.perf_counter() - started
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess") as pool:
+        def prepare():
+            chunk = [next(source) for _ in range(batch)]
+            return pool.map(preprocess, chunk) if pipelined else map(preprocess, chunk)
+
+        forward(model, list(prepare()), channels_last)  # warm-up (oneDNN picks kernels per shape)
+        latencies: list[float] = []
+        images = 0
+        started = time.perf_counter()
+        ready = prepare()
+        while time.perf_counter() - started < seconds:
+            t0 = time.perf_counter()
+            current = list(ready)
+            ready = prepare() if pipelined else None  # the next batch decodes during this forward
+            forward(model, current, channels_last)
+            latencies.append(time.perf_counter() - t0)
+            images += batch
+            if not pipelined:
+                ready = prepare()
+        elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"batch": batch, "channels_last": channels_last, "images_per_s": images / elapsed, "batches": len(latencies),
-            "latency_ms": {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+    return {"batch": batch, "channels_last": channels_last, "pipelined": pipelined, "images_per_s": images / elapsed,
+            "batches": len(latencies), "latency_ms": {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def search(payloads: list[bytes], batches: list[int], formats: list[str], pipelining: list[bool],
+           seconds: float) -> list[dict]:
+    configs = []
+    for fmt in formats:
+        channels_last = fmt == "channels_last"
+        model = load_features(channels_last)
+        configs += [measure(model, payloads, b, channels_last, p, seconds) for b in batches for p in pipelining]
+    return configs
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payloads", type=Path, required=True)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per configuration")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per configuration")
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--formats", default="channels_last,contiguous")
+    parser.add_argument("--pipelining", default="off,on")
     args = parser.parse_args(argv)
     payloads = read_payloads(args.payloads)
-    configs = []
-    for fmt in args.formats.split(","):
-        channels_last = fmt == "channels_last"
-        model = load_features(channels_last)
-        configs += [measure(model, payloads, int(b), channels_last, args.seconds) for b in args.batches.split(",")]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer") as inference:
+        configs = inference.submit(search, payloads, [int(b) for b in args.batches.split(",")],
+                                   args.formats.split(","), [p == "on" for p in args.pipelining.split(",")],
+                                   args.seconds).result()
     best = max(configs, key=lambda c: c["images_per_s"])
-    single = [c for c in configs if c["batch"] == 1]
+    single = [c for c in configs if c["batch"] == 1 and not c["pipelined"]]
     lone = min(single, key=lambda c: c["latency_ms"]["p50"]) if single else None
     print(json.dumps({"configs": configs, "best": best, "batch1": lone, "torch_threads": torch.get_num_threads(),
                       "peak_rss_bytes": psutil.Process().memory_info().rss}))

@@ -6,6 +6,7 @@ the warm-up minute; the target is the end within 5% of the first minute.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def memory_check(ctx: systems.Context, minutes: float, concurrency: int = 64) ->
         return {"minutes": minutes, "concurrency": concurrency, "first_minute_rss_bytes": first,
                 "end_rss_bytes": last, "peak_rss_bytes": sampler.peak, "growth": (last / first - 1) if first else None,
                 "timeline": [(round(t, 1), rss) for t, rss in sampler.samples[:: max(1, len(sampler.samples) // 120)]],
-                "load": load.log_text().strip().splitlines()[-1:] }
+                "load": _last_json(load.log_text())}
     finally:
         running.stop()
+
+
+def _last_json(text: str) -> dict:
+    """The load generator's result line (its log also holds warnings)."""
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"failed": text[-1000:]}

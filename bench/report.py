@@ -91,7 +91,8 @@ def one_line(name: str, result: dict) -> str:
         return ("FAILED: " + result["failed"].splitlines()[0]) if "failed" in result else "skipped"
     if name == "limit":
         best = result["best"]
-        return f"best {best['images_per_s']:.1f} img/s (batch {best['batch']}, channels_last={best['channels_last']})"
+        return (f"best {best['images_per_s']:.1f} img/s (batch {best['batch']}, channels_last={best['channels_last']}, "
+                f"pipelined={best['pipelined']})")
     return ", ".join(f"{label} {load.get('images_per_s', 0):.1f} img/s" for label, load in result["loads"].items())
 
 
@@ -173,7 +174,8 @@ def _round_rows(name: str, result: dict) -> list[str]:
         rows = []
         for c in result["configs"]:
             lat = c["latency_ms"]
-            rows.append(f"| limit | batch {c['batch']}{' channels_last' if c['channels_last'] else ''} | "
+            rows.append(f"| limit | batch {c['batch']}{' channels_last' if c['channels_last'] else ''}"
+                        f"{' pipelined' if c['pipelined'] else ''} | "
                         f"{c['images_per_s']:.1f} | {lat['p50']:.0f} | {lat['p95']:.0f} | {lat['p99']:.0f} | 0 | "
                         f"{result['peak_rss_bytes'] / 2**20:.0f} |")
         return rows

@@ -46,15 +46,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="images per request of the one batch client (0 = none)")
     parser.add_argument("--largenet-concurrency", type=int, default=64, help="callers of the LargeNet load (0 = none)")
     parser.add_argument("--memory-minutes", type=float, help="memory check length (default 8; 0 = off, 0 with --quick)")
-    parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    parser.add_argument("--results-dir", type=Path, help="where <timestamp>.json goes (default bench/results; "
+                        "bench/results/quick with --quick)")
     parser.add_argument("--log-dir", type=Path, help="keep every child's log here (default: a temporary folder)")
-    parser.add_argument("--docs-dir", type=Path, default=BENCH.parent / "docs", help="where performance.md and PNGs go")
+    parser.add_argument("--docs-dir", type=Path, help="where performance.md and its PNGs go (default docs/; "
+                        "bench/results/quick with --quick, so a smoke run never replaces the committed report)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 3)
     args.seconds = args.seconds or (2.0 if quick else 8.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
     args.memory_minutes = args.memory_minutes if args.memory_minutes is not None else (0.0 if quick else 8.0)
+    args.results_dir = args.results_dir or BENCH / "results" / ("quick" if quick else "")
+    args.docs_dir = args.docs_dir or (BENCH / "results" / "quick" if quick else BENCH.parent / "docs")
     args.systems = [s for s in args.systems.split(",") if s]
     unknown = set(args.systems) - set(ALL_SYSTEMS)
     if unknown:
@@ -78,7 +82,7 @@ def loads_for(name: str, args: argparse.Namespace) -> list[dict]:
 
 
 def run_limit(ctx: systems.Context, args: argparse.Namespace, round_index: int) -> dict:
-    per_config = max(1.0, args.seconds / 2)
+    per_config = max(1.0, args.seconds * 0.4)  # 16 configurations in full mode
     argv = [sys.executable, str(BENCH / "limit.py"), "--payloads", str(ctx.payloads["full"]), "--seconds", str(per_config)]
     if args.quick:
         argv += ["--batches", "1,8", "--formats", "channels_last"]
@@ -114,10 +118,13 @@ def run_load(running: systems.Running, load: dict, ctx: systems.Context, args: a
 
 def run_system(name: str, ctx: systems.Context, args: argparse.Namespace, round_index: int) -> dict:
     print(f"[round {round_index + 1}/{args.rounds}] {name} ...", flush=True)
-    if name == "pytriton":
-        return {"skipped": PYTRITON_REASON.read_text().strip()}
     try:
-        result = run_limit(ctx, args, round_index) if name == "limit" else run_server(name, ctx, args, round_index)
+        if name == "pytriton":
+            result = {"skipped": PYTRITON_REASON.read_text().strip()}
+        elif name == "limit":
+            result = run_limit(ctx, args, round_index)
+        else:
+            result = run_server(name, ctx, args, round_index)
     except ChildFailed as error:
         result = {"failed": str(error)[-2000:]}
     print(f"[round {round_index + 1}/{args.rounds}] {name}: {report.one_line(name, result)}", flush=True)
