@@ -225,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("target")
     alias.set_defaults(func=cmd_registry_alias)
     _add_publish_parsers(actions)
-    from .training.command import add_train_parser
-    from .visualize import add_visualize_parser
+    from .training.command import add_train_parser, add_visualize_parser
 
     add_train_parser(commands)
     add_visualize_parser(commands)

@@ -7,7 +7,6 @@ resize and normalisation, so the pictures show exactly what serving computes.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Optional
@@ -121,32 +120,3 @@ def draw(registry: Path, model: str, output: Path, image: Optional[Path] = None,
     picture = tile_grid(upscale(tiles))
     picture.save(output, format="PNG")
     return len(tiles), picture
-
-
-def add_visualize_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "visualize", help="draw a layer's feature maps for an image (or the first layer's filters) as a PNG grid",
-        description="One tile per channel: the feature maps of --layer for IMAGE, or with --filters the first "
-                    "convolution's kernels as RGB tiles. Works on any layered features model of the registry.")
-    parser.add_argument("image", nargs="?", type=Path, help="the image file (not needed with --filters)")
-    parser.add_argument("--model", default="alexnet", help="registry model[@version] or alias (default: alexnet)")
-    parser.add_argument("--layer", default="conv1", help="conv1..conv5, relu1..relu5, pool1, pool2, pool5 or 0..12")
-    parser.add_argument("--filters", action="store_true", help="draw the first convolution's kernels instead")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
-    parser.add_argument("--registry", type=Path, help="registry directory (default: the demo registry)")
-    parser.set_defaults(func=cmd_visualize)
-
-
-def cmd_visualize(args: argparse.Namespace) -> int:
-    registry = args.registry
-    if registry is None:
-        from .cli import default_registry
-        from .demo import init_demo
-
-        registry = default_registry()
-        init_demo(registry)
-    count, picture = draw(registry, args.model, args.output, args.image, args.layer, args.filters)
-    rows, columns = grid_shape(count)
-    what = "first-layer filters" if args.filters else f"{args.layer} feature maps"
-    print(f"wrote {args.output}: {count} {what} in a {rows}x{columns} grid ({picture.width}x{picture.height} pixels)")
-    return 0

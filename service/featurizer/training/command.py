@@ -1,14 +1,15 @@
-"""``featurizer train``: the command-line face of ``training.run``."""
+"""``featurizer train`` and ``featurizer visualize``: argument parsing only.
+
+Torch and the datasets are imported when a command runs, so building the CLI (``--help``,
+``registry list``) stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .datasets import parse_classes
-from .loop import TrainSettings
-from .run import ARCHITECTURES, TrainJob, run
-
+ARCHITECTURES = ("largenet", "feature_head")
 # Defaults that train each architecture well in seconds on a CPU (see docs/training.md).
 DEFAULTS = {"largenet": {"epochs": 3, "batch_size": 128, "learning_rate": 3e-3},
             "feature_head": {"epochs": 100, "batch_size": 16, "learning_rate": 1e-2}}
@@ -39,7 +40,12 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_train)
 
 
-def job_from_args(args: argparse.Namespace) -> TrainJob:
+def job_from_args(args: argparse.Namespace):
+    """The ``TrainJob`` the flags describe; bad values raise ValueError naming the flag."""
+    from .datasets import parse_classes
+    from .loop import TrainSettings
+    from .run import TrainJob
+
     defaults = DEFAULTS[args.arch]
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--per-class", args.per_class)):
         if value is not None and value < (0 if flag == "--per-class" else 1):
@@ -55,9 +61,42 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .run import run
+
     result = run(job_from_args(args))
     last = result.history.epochs[-1]
     val = "-" if last.val_accuracy is None else f"{last.val_accuracy:.4f}"
     print(f"published {result.name}/{result.version}: labels {list(result.classes)}, "
           f"train accuracy {last.train_accuracy:.4f}, validation accuracy {val}")
+    return 0
+
+
+def add_visualize_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "visualize", help="draw a layer's feature maps for an image (or the first layer's filters) as a PNG grid",
+        description="One tile per channel: the feature maps of --layer for IMAGE, or with --filters the first "
+                    "convolution's kernels as RGB tiles. Works on any layered features model of the registry.")
+    parser.add_argument("image", nargs="?", type=Path, help="the image file (not needed with --filters)")
+    parser.add_argument("--model", default="alexnet", help="registry model[@version] or alias (default: alexnet)")
+    parser.add_argument("--layer", default="conv1", help="conv1..conv5, relu1..relu5, pool1, pool2, pool5 or 0..12")
+    parser.add_argument("--filters", action="store_true", help="draw the first convolution's kernels instead")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--registry", type=Path, help="registry directory (default: the demo registry)")
+    parser.set_defaults(func=cmd_visualize)
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from ..visualize import draw, grid_shape
+
+    registry = args.registry
+    if registry is None:
+        from ..cli import default_registry
+        from ..demo import init_demo
+
+        registry = default_registry()
+        init_demo(registry)
+    count, picture = draw(registry, args.model, args.output, args.image, args.layer, args.filters)
+    rows, columns = grid_shape(count)
+    what = "first-layer filters" if args.filters else f"{args.layer} feature maps"
+    print(f"wrote {args.output}: {count} {what} in a {rows}x{columns} grid ({picture.width}x{picture.height} pixels)")
     return 0

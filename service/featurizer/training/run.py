@@ -23,12 +23,12 @@ from ..manifest import BackboneRef, InputSpec, Manifest, OutputSpec
 from ..preprocessing import normalize_batch
 from ..registry import Registry
 from .backbone import feature_maps, load_module, resolve
+from .command import ARCHITECTURES
 from .datasets import LARGENET_INPUT, DatasetError, LabelledImages, fashion_mnist, image_folder, split
 from .loop import History, TrainSettings, train
 from .report import CURVES_FILE, REPORT_FILE, curves_png, report_json
 
 log = logging.getLogger(__name__)
-ARCHITECTURES = ("largenet", "feature_head")
 
 
 @dataclass(frozen=True)
