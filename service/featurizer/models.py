@@ -17,21 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch import nn
 
 from .batcher import Batcher
 from .builders import build
 from .device import Device
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .inference import BackboneRunner, FeatureOutput, HeadOutput, Item
+from .inference import BackboneRunner, FeatureOutput, HeadOutput
 from .manifest import Manifest, ManifestError
 from .metrics import Metrics
 from .registry import Registry, RegistryError, VersionDir, alias_chain
 from .settings import Settings
+from .warmup import check_output, min_side, own_pooling, warm_up
 
 log = logging.getLogger(__name__)
-WARMUP_SIZE = 224
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -103,6 +102,20 @@ class ModelManager:
             # Backbones before heads, so a new head finds its new backbone.
             for vd in sorted(todo, key=lambda vd: (self._is_head(vd), vd.model, vd.version)):
                 await self._load(vd)
+            self._fail_orphaned_heads()
+
+    def _fail_orphaned_heads(self) -> None:
+        """A head whose backbone is gone or not AVAILABLE stops serving: FAILED with the reason, and
+        reloaded on a later scan once the backbone is back."""
+        for mv in self.versions.values():
+            if mv.head is None or mv.state is not State.AVAILABLE:
+                continue
+            ref = mv.manifest.backbone
+            backbone = self.versions.get((ref.model, ref.version))
+            if backbone is None or backbone.state is not State.AVAILABLE:
+                mv.state, mv.reason = State.FAILED, f"backbone {ref.model}@{ref.version} is not AVAILABLE"
+                self._publish_state(mv)
+                log.warning("model %s FAILED: %s", mv.key, mv.reason)
 
     def _is_head(self, vd: VersionDir) -> bool:
         try:
@@ -141,9 +154,9 @@ class ModelManager:
         mv.runner = BackboneRunner(mv.key, module, self.device, manifest.input,
                                    observer=self.metrics.model_observer(mv.name, self.device.label))
         if manifest.input.mode == "native":
-            mv.min_side = await loop.run_in_executor(self.device.executor, self._min_side, module)
-        mv.output_shape = await self._warmup(mv.runner, manifest, FeatureOutput(None, _own_pooling(module)))
-        _check_output(manifest, mv.output_shape)
+            mv.min_side = await loop.run_in_executor(self.device.executor, min_side, module, self.device)
+        mv.output_shape = await warm_up(mv.runner, manifest, FeatureOutput(None, own_pooling(module)))
+        check_output(manifest, mv.output_shape)
         mv.batcher = Batcher(
             mv.runner, name=mv.key,
             max_batch_size=manifest.batching.max_batch_size or self.settings.max_batch_size,
@@ -167,35 +180,8 @@ class ModelManager:
         if backbone is None or backbone.state is not State.AVAILABLE:
             raise FailedPrecondition(f"backbone {ref.model}@{ref.version} is not AVAILABLE")
         mv.head = HeadOutput(mv.key, module)
-        mv.output_shape = await self._warmup(backbone.runner, backbone.manifest, mv.head)
-        _check_output(manifest, mv.output_shape)
-
-    async def _warmup(self, runner: BackboneRunner, manifest: Manifest, output) -> tuple[int, ...]:
-        """Real forward passes before serving; returns the per-image output shape. A native-size
-        model is run at two sizes: dimensions that change with the input are reported as -1."""
-        sizes = [manifest.input.size] if manifest.input.size else [
-            (WARMUP_SIZE, WARMUP_SIZE), (WARMUP_SIZE + 32, WARMUP_SIZE + 64)]
-        shapes = []
-        for h, w in sizes:
-            dummy = Item(torch.zeros(3, h, w, dtype=torch.uint8), (output,))
-            result = await asyncio.get_running_loop().run_in_executor(self.device.executor, runner.run, [dummy])
-            if isinstance(result[0], BaseException):
-                raise ManifestError(f"warm-up forward pass failed on a {h}x{w} input (wrong shapes?)")
-            shapes.append(tuple(result[0][0].shape))
-        return tuple(d if all(s[i] == d for s in shapes) else -1 for i, d in enumerate(shapes[0]))
-
-    def _min_side(self, module: nn.Module) -> int:
-        """Smallest square input a native-size network accepts (binary search, on the device)."""
-        low, high = 1, 512
-        with torch.inference_mode():
-            while low < high:
-                mid = (low + high) // 2
-                try:
-                    module(torch.zeros(1, 3, mid, mid, device=self.device.torch_device))
-                    high = mid
-                except RuntimeError:
-                    low = mid + 1
-        return low
+        mv.output_shape = await warm_up(backbone.runner, backbone.manifest, mv.head)
+        check_output(manifest, mv.output_shape)
 
     def _start_unload(self, mv: ModelVersion, replaced: bool = False) -> None:
         """Stop routing to ``mv``; close it once its leases are returned (in-flight calls finish)."""
@@ -302,24 +288,6 @@ class ModelManager:
         for task in list(self._tasks):
             task.cancel()
         self._loader.shutdown(wait=False, cancel_futures=True)
-
-
-def _own_pooling(module: nn.Module) -> str:
-    return getattr(module, "pooling", "none") if hasattr(module, "forward_taps") else "none"
-
-
-def _check_output(manifest: Manifest, shape: tuple[int, ...]) -> None:
-    """The measured per-image shape must match the manifest's promise (-1 matches any size)."""
-    declared = manifest.output.shape
-    if declared and (len(declared) != len(shape) or any(d not in (-1, m) for d, m in zip(declared, shape))):
-        raise ManifestError(f"'output.shape' is {list(declared)} but the model produces {list(shape)}")
-    labels = manifest.output.labels
-    if manifest.kind == "features" or not labels:
-        return
-    units = shape[-1] if shape else 0
-    if not (units == len(labels) or (units == 1 and len(labels) == 2)):
-        raise ManifestError(f"model has {units} outputs but {len(labels)} labels "
-                            "(a binary head has 1 output and 2 labels)")
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -18,7 +18,7 @@ from featurizer.builders import ALEXNET_LAYERS
 from featurizer.cli import main as featurizer_cli
 from tests.support.images import photos
 from tests.support.reference import preset_tensor, torchvision_alexnet
-from tests.support.registries import publish_alexnet, publish_corrupt_alexnet
+from tests.support.registries import publish_alexnet, publish_corrupt_alexnet, publish_feature_head
 from tests.support.rpc import embed, featurizer_stub, tensor_images, versions_by_number
 from tests.support.servers import ServerProcess, running_server
 from tests.support.test_builders import GATES, Gate, publish_test_model
@@ -186,3 +186,26 @@ def test_removed_version_unloads_after_its_call_in_flight_finishes(tmp_path):
         assert after.version == 2
         got = np.frombuffer(finished.embeddings.data, np.float32).reshape(tuple(finished.embeddings.shape))
         assert np.abs(got - rows).max() <= TOLERANCE  # the drained call got a full, correct answer
+
+
+def test_head_stops_with_its_removed_backbone_and_returns_with_it(tmp_path):
+    root = tmp_path / "registry"
+    publish_alexnet(root, "backbone", layer="conv1")
+    publish_feature_head(root, "head", backbone="backbone", in_features=64, labels=("a", "b"))
+    image = tensor_images([photos()["coffee"]])
+    request = pb.PredictRequest(model="head", images=image)
+    with running_server(root) as server, featurizer_stub(server.target) as stub:
+        before = stub.Predict(request, timeout=60)
+        (root / "backbone" / "1").rename(tmp_path / "away")
+        server.reload()
+        server.call(server.server.manager.wait_unloaded())
+        head = versions_by_number(stub.GetModel(pb.GetModelRequest(model="head"), timeout=10))[1]
+        assert head.state == pb.MODEL_STATE_FAILED and head.reason == "backbone backbone@1 is not AVAILABLE"
+        with pytest.raises(grpc.RpcError) as stopped:
+            stub.Predict(request, timeout=60)
+        assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE and "backbone backbone@1" in stopped.value.details()
+
+        (tmp_path / "away").rename(root / "backbone" / "1")
+        server.reload()
+        after = stub.Predict(request, timeout=60)
+    assert [c.probability for c in after.predictions[0].classes] == [c.probability for c in before.predictions[0].classes]
