@@ -23,6 +23,7 @@ from .request_decoding import refuse_undecodable_stream, refuse_undecodable_unar
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/featurizer.v1.Featurizer/"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+DEADLINE_SLACK_S = 0.25
 
 
 def _rewrap(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler:
@@ -96,7 +97,9 @@ class _Record:
     async def fail(self, error: BaseException, context) -> None:
         if isinstance(error, asyncio.CancelledError):  # the caller went away, or its deadline passed
             remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
+            # The caller's own timer may cancel a moment before ours fires (our deadline starts
+            # when its headers arrive): that too is the deadline, not a caller who gave up.
+            expired = remaining is not None and remaining <= DEADLINE_SLACK_S
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise error
         if isinstance(error, grpc.aio.AbortError):  # aborted below us: the code is on the context
