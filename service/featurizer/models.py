@@ -186,7 +186,7 @@ class ModelManager:
     def _start_unload(self, mv: ModelVersion, replaced: bool = False) -> None:
         """Stop routing to ``mv``; close it once its leases are returned (in-flight calls finish)."""
         if not replaced:
-            mv.state = State.UNLOADING
+            mv.state, mv.reason = State.UNLOADING, "removed from the registry; calls in flight finish"
             self._publish_state(mv)
         self.unloading.append(mv)
         task = asyncio.get_running_loop().create_task(self._finish_unload(mv, replaced))

@@ -167,6 +167,7 @@ def test_removed_version_unloads_after_its_call_in_flight_finishes(tmp_path):
                 server.reload()
                 info = versions_by_number(stub.GetModel(pb.GetModelRequest(model="gated"), timeout=10))
                 assert info[1].state == pb.MODEL_STATE_UNLOADING and info[2].state == pb.MODEL_STATE_AVAILABLE
+                assert info[1].reason.startswith("removed from the registry")
                 with pytest.raises(grpc.RpcError) as refused:
                     embed(stub, "gated", image, version=1)
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "UNLOADING" in refused.value.details()
@@ -209,3 +210,27 @@ def test_head_stops_with_its_removed_backbone_and_returns_with_it(tmp_path):
         server.reload()
         after = stub.Predict(request, timeout=60)
     assert [c.probability for c in after.predictions[0].classes] == [c.probability for c in before.predictions[0].classes]
+
+
+def test_a_version_is_loading_until_its_warm_up_finishes(tmp_path):
+    root = tmp_path / "registry"
+    publish_test_model(root, "slow", "test_gated", {"gate": "warm-up"}, version=1)
+    image = tensor_images([photos()["coffee"]])
+    with running_server(root) as server, featurizer_stub(server.target) as stub:
+        publish_test_model(root, "slow", "test_gated", {"gate": "warm-up"}, version=2)
+        gate = GATES["warm-up"] = Gate()
+        try:
+            reload = server.submit(server.server.reload())
+            assert gate.entered.wait(30)  # version 2's warm-up pass is on the device now
+            info = versions_by_number(stub.GetModel(pb.GetModelRequest(model="slow"), timeout=10))
+            assert info[2].state == pb.MODEL_STATE_LOADING and info[1].state == pb.MODEL_STATE_AVAILABLE
+            with pytest.raises(grpc.RpcError) as loading:
+                embed(stub, "slow", image, version=2)
+            assert loading.value.code() == grpc.StatusCode.UNAVAILABLE and "LOADING" in loading.value.details()
+        finally:
+            GATES.pop("warm-up", None)
+            gate.release.set()
+        reload.result(60)
+        info = versions_by_number(stub.GetModel(pb.GetModelRequest(model="slow"), timeout=10))
+        assert info[2].state == pb.MODEL_STATE_AVAILABLE and list(info[2].output_shape) == [3]
+        assert embed(stub, "slow", image)[0].version == 2
