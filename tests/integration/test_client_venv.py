@@ -25,6 +25,12 @@ from featurizer_client import FeaturizerClient
 images = np.random.default_rng(7).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
 with FeaturizerClient(sys.argv[1]) as client:
     X = client.embed(images, model="largenet", batch_size=8)
+    try:
+        client.embed(images[:1], model="largenet", progress=True)
+    except ImportError as error:  # tqdm is an optional extra, not installed here
+        assert "featurizer-client[progress]" in str(error), error
+    else:
+        raise AssertionError("progress=True without tqdm should say which extra to install")
 np.save(sys.argv[2], X)
 print("torch" in sys.modules)
 """
