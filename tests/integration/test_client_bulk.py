@@ -75,6 +75,7 @@ def images_served(metrics_port: int) -> float:
                if s.name == "featurizer_images_total" and s.labels.get("model") == "largenet")
 
 
+@pytest.mark.slow  # two `featurizer serve` start-ups
 def test_job_survives_a_server_restart_on_the_same_port(registry, images, reference):
     port = free_port()
     first = ServerProcess(registry, "--grace-seconds", "2", port=port)

@@ -45,6 +45,7 @@ def venv(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # pip install from PyPI
 def test_client_installs_and_embeds_without_torch(venv, tmp_path):
     registry = tmp_path / "registry"
     publish_largenet(registry, "largenet", num_classes=4, labels=("a", "b", "c", "d"), seed=9)

@@ -22,6 +22,7 @@ from tests.support.reference import largenet_reference
 from tests.support.registries import publish_largenet, seeded_state
 from tests.support.servers import ServerProcess
 
+pytestmark = pytest.mark.slow  # three `featurizer serve` start-ups
 POLL_S = 2.0
 LABELS = tuple(str(i) for i in range(10))
 SEEDS = {1: 11, 2: 12}  # version -> weights seed
