@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +19,14 @@ from safetensors.torch import load_file
 from featurizer.cli import main
 from featurizer.demo import FASHION_DEMO_MODEL, publish_fashion_demo
 from featurizer.training.datasets import FASHION_MNIST_LABELS, read_fashion_mnist
-from featurizer_client import FeaturizerClient
+from featurizer_client import FeaturizerClient, FeaturizerError
 from tests.support.images import encode, photos
 from tests.support.reference import reference_features, torchvision_alexnet
-from tests.support.servers import running_server
+from tests.support.servers import ServerProcess, running_server
 
 SHOE_CLASSES = (7, 9)   # Sneaker, Ankle boot
 PHOTO_CLASSES = ("chelsea", "coffee", "rocket")
+DEADLINE_S = 120.0
 
 
 def fashion_pngs(split: str, classes: tuple[int, ...]) -> tuple[list[bytes], list[str]]:
@@ -98,33 +102,6 @@ def head_reference(weights: dict[str, torch.Tensor], jpeg: bytes, model: torch.n
     return torch.softmax(logits, 0).numpy()
 
 
-def test_feature_head_trained_on_a_photo_folder_predicts_its_labels(demo_registry, tmp_path, capsys):
-    files = photo_folder(tmp_path / "photos")
-    with running_server(demo_registry) as server:
-        assert main(["train", "--registry", str(demo_registry), "--name", "photos", "--arch", "feature_head",
-                     "--data", str(tmp_path / "photos"), "--backbone", "alexnet", "--val-fraction", "0.2",
-                     "--no-progress"]) == 0
-        assert "published photos/1" in capsys.readouterr().out
-        server.reload()
-        paths = list(files)
-        jpegs = [p.read_bytes() for p in paths]
-        with FeaturizerClient(server.target) as client:
-            served = client.predict(jpegs, model="photos", top_k=3)
-
-    manifest = json.loads((demo_registry / "photos" / "1" / "model.json").read_text())
-    assert manifest["kind"] == "head" and manifest["backbone"] == {"model": "alexnet", "version": 1}
-    assert manifest["output"]["labels"] == sorted(PHOTO_CLASSES)
-    assert [p.label for p in served] == [files[p] for p in paths]  # right on every image of the folder
-
-    weights = load_file(demo_registry / "photos" / "1" / "weights.safetensors")
-    reference = torchvision_alexnet()
-    for prediction, jpeg in zip(served[:4], jpegs[:4]):
-        expected = head_reference(weights, jpeg, reference)
-        got = {c.index: c.probability for c in prediction.classes}
-        assert np.allclose([got[i] for i in range(len(expected))], expected, atol=1e-4)
-    published_report(demo_registry / "photos" / "1", epochs=100)  # the feature_head default
-
-
 def test_demo_registry_serves_a_real_fashion_mnist_model_deterministically(demo_server, demo_registry_template,
                                                                            tmp_path):
     pngs, truth = fashion_pngs("t10k", SHOE_CLASSES)
@@ -153,3 +130,47 @@ def test_bad_training_options_name_the_option_and_publish_nothing(demo_registry,
     assert main(["train", "--registry", str(demo_registry), "--name", "bad", "--no-progress", *flags]) == 1
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert sorted(p.name for p in demo_registry.iterdir()) == before
+
+
+def available_versions(target: str, model: str) -> list[int]:
+    with FeaturizerClient(target, timeout=10) as client:
+        try:
+            return [v.version for v in client.get_model(model).versions if v.state == "AVAILABLE"]
+        except FeaturizerError:  # NOT_FOUND until the server's scan finds the model
+            return []
+
+
+def test_feature_head_trained_by_the_cli_is_hot_reloaded_and_predicts_its_labels(demo_registry, tmp_path):
+    """The user's path: a `featurizer serve` process polls the registry, `featurizer train` runs as
+    its own process on a folder of real photos, and the new head is served without a restart,
+    answering what torchvision's AlexNet plus the published head weights answer."""
+    files = photo_folder(tmp_path / "photos")
+    proc = ServerProcess(demo_registry, "--poll-interval", "0.3", "--log-level", "warning")
+    try:
+        assert available_versions(proc.target, "pets") == []
+        trained = subprocess.run([sys.executable, "-m", "featurizer", "train", "--registry", str(demo_registry),
+                                  "--name", "pets", "--arch", "feature_head", "--data", str(tmp_path / "photos"),
+                                  "--no-progress"], capture_output=True, text=True, timeout=DEADLINE_S)
+        assert trained.returncode == 0, trained.stderr[-2000:]
+        started = time.monotonic()
+        while available_versions(proc.target, "pets") != [1]:  # an external process: poll with a deadline
+            assert proc.proc.poll() is None, "the server exited"
+            assert time.monotonic() - started < DEADLINE_S, "the server never loaded pets@1"
+            time.sleep(0.1)
+        with FeaturizerClient(proc.target) as client:
+            served = client.predict(list(files), model="pets", top_k=3)
+    finally:
+        proc.kill()
+    assert [p.label for p in served] == list(files.values())  # right on every image of the folder
+
+    version = demo_registry / "pets" / "1"
+    manifest = json.loads((version / "model.json").read_text())
+    assert manifest["kind"] == "head" and manifest["backbone"] == {"model": "alexnet", "version": 1}
+    assert manifest["output"]["labels"] == sorted(PHOTO_CLASSES)
+    published_report(version, epochs=100)  # the feature_head default
+    weights = load_file(version / "weights.safetensors")
+    reference = torchvision_alexnet()
+    for prediction, path in list(zip(served, files))[::3]:
+        expected = head_reference(weights, path.read_bytes(), reference)
+        got = {c.index: c.probability for c in prediction.classes}
+        assert np.allclose([got[i] for i in range(len(expected))], expected, atol=1e-4), path
