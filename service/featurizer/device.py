@@ -8,6 +8,8 @@ The CUDA path is written for GPUs but only verified on CPU in this project's CI.
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,27 +28,38 @@ class Device:
     torch_device: torch.device
     precision: str = "fp32"
     channels_last: bool = True
+    threads: int = 0  # intra-op threads of the inference thread (0 = torch's default)
     executor: ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         name = str(self.torch_device).replace(":", "")
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        threads = self.threads or torch.get_num_threads()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}",
+                                           initializer=self._setup_inference_thread, initargs=(threads,))
+
+    def _setup_inference_thread(self, threads: int) -> None:
+        use_intra_op_threads(threads)
+        if self.type == "cuda":  # kernels, streams and allocations of this thread default to our GPU
+            torch.cuda.set_device(self.torch_device)
 
     @classmethod
     def create(cls, name: str = "auto", precision: str = "fp32", channels_last: str = "auto",
                threads: int = 0) -> "Device":
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if device.type == "cpu" and precision == "fp16":
             raise ValueError("--precision fp16 needs a CUDA device; use fp32 (or bf16) on CPU")
-        if threads > 0:
-            torch.set_num_threads(threads)
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        return cls(device, precision, channels_last != "off")
+            torch.backends.cudnn.benchmark = True  # fixed batch shapes repeat: let cuDNN pick its kernels once
+        return cls(device, precision, channels_last != "off", threads)
 
     @property
     def type(self) -> str:
@@ -63,14 +76,19 @@ class Device:
             module = module.to(memory_format=torch.channels_last)
         return module
 
-    def upload(self, batch: torch.Tensor) -> torch.Tensor:
-        """Host batch -> device. On CUDA: pinned host memory and an asynchronous copy (uint8
-        travels, so 4x less traffic than float32)."""
+    def upload(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Same-shape CHW images -> one NCHW batch on the device, stacked once. On CUDA the stack
+        lands in pinned host memory and travels by an asynchronous copy (uint8 travels, so 4x
+        less traffic than float32); the caching host allocator keeps the buffer until the copy ends."""
+        first = images[0]
+        host = torch.empty((len(images), *first.shape), dtype=first.dtype, pin_memory=self.type == "cuda")
+        torch.stack(list(images), out=host)
         if self.type == "cuda":
-            return batch.pin_memory().to(self.torch_device, non_blocking=True)
-        return batch
+            return self.format(host.to(self.torch_device, non_blocking=True))
+        return self.format(host)
 
     def format(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's memory format (before normalising, so uint8 is what gets reordered)."""
         if self.channels_last and batch.dim() == 4:
             return batch.contiguous(memory_format=torch.channels_last)
         return batch
@@ -85,11 +103,36 @@ class Device:
             yield
 
     def download(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Device -> host float32 (waits for the device)."""
-        return tensor.detach().float().cpu()
+        """Device -> host float32. A blocking copy: it waits for the device's queued work, so
+        the rows are final when the inference thread hands them over. fp16/bf16 outputs travel
+        as such and widen on the host."""
+        return tensor.detach().to("cpu").float()
 
     def memory_in_use(self) -> int:
         return torch.cuda.memory_allocated(self.torch_device) if self.type == "cuda" else 0
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def use_intra_op_threads(count: int) -> None:
+    """Give the calling thread ``count`` intra-op threads (a thread-pool initializer).
+
+    With torch's OpenMP backend the setting is per thread, so the inference thread can use all
+    cores while each preprocessing thread uses one: on a small machine, OpenMP teams in every
+    decode/resize thread fight the forward pass for cores (resize got ~7x slower here). torch
+    sets a thread's count lazily on its first parallel op, so that happens first."""
+    torch.get_num_threads()
+    torch.set_num_threads(count)
+
+
+@functools.lru_cache(maxsize=None)
+def per_thread_intra_op() -> bool:
+    """Whether intra-op threads are a per-thread setting (OpenMP) rather than one global pool."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def single_threaded_worker() -> None:
+    """Initializer for preprocessing threads: one intra-op thread each, where that stays per thread."""
+    if per_thread_intra_op():
+        use_intra_op_threads(1)

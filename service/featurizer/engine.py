@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .builders import resolve_alexnet_layer
+from .device import single_threaded_worker
 from .errors import FailedPrecondition, InvalidArgument
 from .inference import FeatureOutput, Item, Output
 from .manifest import POOLINGS, ManifestError
@@ -66,7 +67,8 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self._pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess")
+        self._pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess",
+                                        initializer=single_threaded_worker)  # parallel across images, not within one
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -103,10 +103,10 @@ class BackboneRunner:
             for output in item.outputs:
                 wanted[output].append(i)
         with torch.inference_mode(), self.device.autocast():
-            x = self.device.upload(torch.stack([item.tensor for item in group]))  # NCHW, once
+            x = self.device.upload([item.tensor for item in group])  # NCHW, once, in the model's memory format
             if x.dtype == torch.uint8:
-                x = normalize_batch(x, self._mean, self._std)
-            outs = self._forward(self.device.format(x), wanted)
+                x = normalize_batch(x, self._mean, self._std)  # on the device; keeps the memory format
+            outs = self._forward(x, wanted)
             host = {o: self.device.download(self._compute(o, outs, rows, len(group))) for o, rows in wanted.items()}
         self.forward_passes += 1
         if self.observer is not None:
