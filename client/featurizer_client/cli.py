@@ -1,7 +1,7 @@
-"""``featurizer-client``: embed, predict, list models and check health from a shell.
+"""featurizer-client: embed, predict, list models and check health from a shell.
 
 Exit status: 0 on success; 1 when the server refused (its status and message go to stderr) or
-``health`` is not SERVING; 2 for bad command-line arguments.
+health is not SERVING; 2 for bad command-line arguments.
 """
 
 from __future__ import annotations
