@@ -52,31 +52,37 @@ def registry(files, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def reference_model():
+    """torchvision's AlexNet with the weights the saved state dict holds (seed 0)."""
+    return torchvision_alexnet(0)
+
+
+@pytest.fixture(scope="module")
 def server(registry):
     with running_server(registry) as handle:
         yield handle
 
 
-def test_imported_features_equal_torchvision_on_the_same_image(server):
+def test_imported_features_equal_torchvision_on_the_same_image(server, reference_model):
     image = photos()["rocket"]
     with featurizer_stub(server.target) as stub:
         response, rows = embed(stub, "alexnet", tensor_images([image]))
         info = versions_by_number(stub.GetModel(pb.GetModelRequest(model="alexnet"), timeout=10))[1]
     with torch.inference_mode():
-        fmap = torchvision_alexnet(0).features[: ALEXNET_LAYERS["conv3"] + 1](preset_tensor(image))
+        fmap = reference_model.features[: ALEXNET_LAYERS["conv3"] + 1](preset_tensor(image))
     assert response.version == 1 and rows.shape == (1, 384)
     assert np.abs(rows[0] - fmap.mean(dim=(2, 3))[0].numpy()).max() <= TOLERANCE
     assert (info.input.mode, info.input.resize, info.input.height) == ("resize_crop", 256, 224)
     assert list(info.output_shape) == [384]
 
 
-def test_imported_classifier_predicts_like_torchvision_with_imagenet_labels(server):
+def test_imported_classifier_predicts_like_torchvision_with_imagenet_labels(server, reference_model):
     image = photos()["chelsea"]
     with featurizer_stub(server.target) as stub:
         response = stub.Predict(pb.PredictRequest(model="alexnet-classifier", images=tensor_images([image]), top_k=3),
                                 timeout=60)
     with torch.inference_mode():
-        probs = torch.softmax(torchvision_alexnet(0)(preset_tensor(image)), dim=1)[0]
+        probs = torch.softmax(reference_model(preset_tensor(image)), dim=1)[0]
     top = torch.topk(probs, 3)
     categories = AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
     got = response.predictions[0].classes
