@@ -71,6 +71,7 @@ def test_every_case_gets_its_documented_outcome_while_good_clients_see_no_errors
                 gap = np.abs(row - reference_features(reference_model, case.reference)).max()
                 if not gap <= TOLERANCE:
                     wrong.append(f"{case.name}: row differs from the reference by {gap}")
+        assert clients.wait_for_more()  # every good client was answered after the corpus, too
     assert not wrong, "\n".join(wrong)
     print(f"\ncorpus: {len(cases)} cases as documented; {GOOD_CLIENTS} good clients made {sum(clients.calls)} "
           f"calls meanwhile (min {min(clients.calls)} per client), {len(clients.errors)} errors")

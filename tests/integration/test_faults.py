@@ -94,7 +94,7 @@ def test_registry_faults_while_traffic_runs(registry):
                 stub.Predict(pb.PredictRequest(model=model, version=1, images=[image(0)]), timeout=30)
             assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert f"model {model} version 1 FAILED to load" in failed.value.details()
-        assert server.sample("featurizer_requests_total", method="Predict", model="stable", code="OK") >= sum(traffic.calls) // 2
+        assert server.sample("featurizer_requests_total", method="Predict", model="stable", code="OK") >= sum(traffic.calls[:4])
 
 
 def test_names_and_symlinks_cannot_leave_the_registry_root(registry, tmp_path):

@@ -199,7 +199,7 @@ def test_expired_deadlines_are_dropped_not_computed(server):
         with closed_gate(server, stub) as gate:
             depth = watch_depth(server, expiring)
             with watching_access_log({"CANCELLED", "DEADLINE_EXCEEDED"}, expiring) as log:
-                calls = [embed(stub, "gated", i, timeout=1.0) for i in range(expiring)]
+                calls = [embed(stub, "gated", i, timeout=3.0) for i in range(expiring)]
                 assert depth.reached.wait(WAIT)
                 assert all(c.exception(WAIT).code() == grpc.StatusCode.DEADLINE_EXCEEDED for c in calls)
                 assert log.reached.wait(WAIT)
