@@ -38,24 +38,26 @@ def manifest_from_json(path: Path) -> dict[str, Any]:
 def prepare_manifest(raw: Mapping[str, Any], weights_file: Path, where: str) -> Manifest:
     """Validate ``raw``; a sha256 it already names must match ``weights_file`` (else it is filled in)."""
     raw = dict(raw)
-    weights = dict(raw.get("weights") or {})
-    given = weights.get("sha256")
-    if given:
-        actual = sha256_file(weights_file)
-        if given != actual:
-            raise ManifestError(f"{where}: 'weights.sha256' is {given} but {weights_file} hashes to {actual}")
-    raw["weights"] = {**weights, "sha256": NO_SHA256}
+    weights = raw.get("weights", {})
+    if isinstance(weights, dict):  # anything else: parse_manifest names the problem
+        given = weights.get("sha256")
+        if given:
+            actual = sha256_file(weights_file)
+            if given != actual:
+                raise ManifestError(f"{where}: 'weights.sha256' is {given} but {weights_file} hashes to {actual}")
+        raw["weights"] = {**weights, "sha256": NO_SHA256}
     return parse_manifest(raw, where)
 
 
-def check_fits(manifest: Manifest, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """Load ``state`` into the manifest's architecture (strict), as the server will."""
+def check_fits(manifest: Manifest, state: Mapping[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """Load ``state`` into the manifest's architecture (strict), as the server will; returns the module."""
     module = build(manifest.architecture, manifest.params)
     try:
         module.load_state_dict(dict(state), strict=True)
     except RuntimeError as error:
         raise ManifestError(f"{where}: weights do not fit architecture {manifest.architecture!r}: "
                             f"{' '.join(str(error).split())[:500]}") from None
+    return module
 
 
 def add_version(registry: Registry, model: str, raw: Mapping[str, Any], weights_file: Path,
@@ -117,13 +119,13 @@ def import_torchvision(registry: Registry, model: str, *, arch: str, weights_fil
     """Publish torchvision AlexNet weights as a features stack cut after ``layer`` or as the classifier."""
     state = torchvision_state(arch, weights_file)
     manifest = alexnet_manifest(classifier=classifier, layer=layer, pooling=pooling)
-    module = build(manifest.architecture, manifest.params)
-    wanted = module.state_dict().keys()
+    with torch.device("meta"):  # names only: no memory, no initialisation
+        wanted = build(manifest.architecture, manifest.params).state_dict().keys()
     missing = sorted(set(wanted) - set(state))
     if missing:
         raise RegistryError(f"--weights-file: not torchvision's {arch} layout; missing {', '.join(missing[:4])}")
     state = {k: state[k] for k in wanted}
-    check_fits(manifest, state, "import-torchvision")
+    module = check_fits(manifest, state, "import-torchvision")
     if not classifier:  # record the output shape at the preset's input size
         h, w = manifest.input.size
         with torch.inference_mode():
