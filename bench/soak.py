@@ -34,7 +34,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from featurizer_client.tensors import to_proto  # noqa: E402
 from featurizer_client.v1 import featurizer_pb2 as pb  # noqa: E402
 
 from tests.support.bad_inputs import SERVER_SETTINGS, corpus, publish_corpus_registry  # noqa: E402

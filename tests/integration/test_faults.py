@@ -6,7 +6,6 @@ callers of the models that are still valid see zero errors throughout.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from featurizer_client.tensors import to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
+from safetensors.torch import save_file
 
 from featurizer.registry import Registry
 from tests.support.bad_inputs import leaks
@@ -49,7 +49,6 @@ def damage(root: Path) -> dict[str, str]:
     """Break one version per fault kind in place; returns model -> the reason GetModel must give."""
     (root / "truncated/1" / WEIGHTS).write_bytes((root / "truncated/1" / WEIGHTS).read_bytes()[:100])
     state = {k: v + 1 for k, v in Registry(root).load_weights("rehashed", 1, Registry(root).manifest("rehashed", 1)).items()}
-    from safetensors.torch import save_file
     save_file(state, str(root / "rehashed/1" / WEIGHTS))  # valid weights, different bytes, old sha256
     (root / "weights-dir/1" / WEIGHTS).unlink()
     (root / "weights-dir/1" / WEIGHTS).mkdir()  # tests run as root: chmod 000 would not stop a read
