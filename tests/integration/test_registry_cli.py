@@ -23,6 +23,8 @@ from tests.support.servers import running_server
 
 TOLERANCE = 1e-4
 LARGENET_PARAMS = {"num_classes": 3}
+HEAD_PARAMS = {"in_features": 384, "num_classes": 2, "pooling": "max"}
+HEAD_LABELS = ("indoor", "outdoor")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,8 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("files")
     save_torchvision_state_dict(folder / "alexnet.pth", seed=0)
     save_file(seeded_state("largenet", LARGENET_PARAMS, seed=3), str(folder / "largenet.safetensors"))
+    save_file(seeded_state("feature_head", HEAD_PARAMS, seed=4), str(folder / "head.safetensors"))
+    (folder / "labels.txt").write_text("\n".join(HEAD_LABELS) + "\n")
     return folder
 
 
@@ -45,6 +49,9 @@ def registry(files, tmp_path_factory):
          "--architecture", "largenet", "--params", json.dumps(LARGENET_PARAMS), "--input-mode", "resize",
          "--height", "32", "--width", "32", "--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5",
          "--labels", "shirt,sneaker,boot", "--output-shape", "3"],
+        ["add", root, "--model", "head", "--from", files / "head.safetensors", "--kind", "head",
+         "--architecture", "feature_head", "--params", json.dumps(HEAD_PARAMS), "--backbone", "alexnet@1",
+         "--labels-file", files / "labels.txt"],
     ]
     for command in commands:
         assert featurizer_cli(["registry", *map(str, command)]) == 0, command
@@ -102,6 +109,22 @@ def test_added_safetensors_classifier_serves_its_weights_and_labels(server, file
         probs = torch.softmax(model.eval()(x), dim=1)[0].numpy()
     got = {c.label: c.probability for c in response.predictions[0].classes}
     assert np.abs(np.array([got[label] for label in ("shirt", "sneaker", "boot")]) - probs).max() <= 1e-5
+
+
+def test_added_head_sits_on_the_imported_backbone(server, reference_model):
+    image = photos()["coffee"]
+    with featurizer_stub(server.target) as stub:
+        info = versions_by_number(stub.GetModel(pb.GetModelRequest(model="head"), timeout=10))[1]
+        response = stub.Predict(pb.PredictRequest(model="head", images=tensor_images([image]), top_k=2), timeout=60)
+    assert (info.state, info.backbone, info.backbone_version) == (pb.MODEL_STATE_AVAILABLE, "alexnet", 1)
+    assert list(info.labels) == list(HEAD_LABELS)
+    head = build("feature_head", HEAD_PARAMS)
+    head.load_state_dict(seeded_state("feature_head", HEAD_PARAMS, seed=4))
+    with torch.inference_mode():
+        fmap = reference_model.features[: ALEXNET_LAYERS["conv3"] + 1](preset_tensor(image))
+        probs = torch.softmax(head.eval()(fmap), dim=1)[0].numpy()
+    got = {c.label: c.probability for c in response.predictions[0].classes}
+    assert np.abs(np.array([got[label] for label in HEAD_LABELS]) - probs).max() <= 1e-5
 
 
 def test_list_and_verify_a_clean_registry(registry, capsys):
