@@ -56,7 +56,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         def unary(behavior):
             async def wrapped(request, context):
                 record = _Record(self, method, request_id, getattr(request, "model", ""), len(getattr(request, "images", ())))
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                context.set_trailing_metadata(record.trailers)
                 try:
                     response = await behavior(request, context)
                     record.version = getattr(response, "version", 0)
@@ -70,7 +70,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         def stream(behavior):
             async def wrapped(requests, context):
                 record = _Record(self, method, request_id, "", 0)
-                await context.send_initial_metadata((("x-request-id", request_id),))
+                context.set_trailing_metadata(record.trailers)
                 try:
                     async for response in behavior(requests, context):
                         record.images += 1
@@ -93,6 +93,10 @@ class _Record:
         self.raw_model, self.images, self.version = model[:100], images, 0
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
+        # The request id travels in trailers: response headers sent before the answer would
+        # commit the call and stop the client's retry policy (UNAVAILABLE/RESOURCE_EXHAUSTED).
+        self.trailers = (("x-request-id", request_id),)
+        owner.metrics.in_flight.labels(method).inc()
 
     async def fail(self, error: BaseException, context) -> None:
         if isinstance(error, asyncio.CancelledError):  # the caller went away, or its deadline passed
@@ -108,11 +112,12 @@ class _Record:
         self.code, message = grpc_status(error)
         if not isinstance(error, FeaturizerError):
             log.error("unexpected error in %s (request %s)", self.method, self.request_id, exc_info=error)
-        await context.abort(self.code, message)
+        await context.abort(self.code, message, trailing_metadata=self.trailers)
 
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.started
         m = self.owner.metrics
+        m.in_flight.labels(self.method).dec()
         m.requests.labels(self.method, self.model, self.code.name).inc()
         m.request_duration.labels(self.method, self.model).observe(elapsed)
         access_log(method=self.method, model=self.raw_model, version=self.version, images=self.images,

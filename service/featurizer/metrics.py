@@ -32,6 +32,8 @@ class Metrics:
                                 ["method", "model", "code"], registry=r)
         self.request_duration = Histogram("featurizer_request_duration_seconds", "RPC latency",
                                           ["method", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("featurizer_in_flight_requests", "RPCs being handled right now",
+                               ["method"], registry=r)
         self.images = Counter("featurizer_images", "Images served (successfully embedded or predicted)",
                               ["model"], registry=r)
         self.batch_size = Histogram("featurizer_batch_size", "Images per forward pass",

@@ -28,8 +28,8 @@ def test_one_json_access_line_per_request_with_the_request_id(demo_registry_temp
                 raise AssertionError("an unknown model must fail")
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.NOT_FOUND
-        assert dict(given.initial_metadata())["x-request-id"] == "caller-id-42"
-        generated_id = dict(generated.initial_metadata())["x-request-id"]
+        assert dict(given.trailing_metadata())["x-request-id"] == "caller-id-42"
+        generated_id = dict(generated.trailing_metadata())["x-request-id"]
         assert len(generated_id) == 32 and int(generated_id, 16) >= 0  # a fresh uuid4 hex
         assert server.terminate() == 0
         lines = server.proc.stderr.read().splitlines()

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from featurizer_client import AsyncFeaturizerClient, FeaturizerClient
 from tests.support.reference import largenet_reference
@@ -69,11 +67,6 @@ def test_ten_thousand_images_complete_and_in_order_sync_and_async(registry, imag
     assert f"{N}/{N}" in capsys.readouterr().err  # the tqdm bar counted every image
 
 
-def images_served(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "featurizer_images_total" and s.labels.get("model") == "largenet")
-
 
 @pytest.mark.slow  # two `featurizer serve` start-ups
 def test_job_survives_a_server_restart_on_the_same_port(registry, images, reference):
@@ -100,7 +93,7 @@ def test_job_survives_a_server_restart_on_the_same_port(registry, images, refere
             assert first.proc.wait(60) == 0
             second = ServerProcess(registry, port=port)
             X = job.result(120)
-            served_by_second = images_served(second.metrics_port)
+            served_by_second = second.scrape("featurizer_images_total", model="largenet")
     finally:
         first.kill()
         if second is not None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from featurizer_client import FeaturizerClient
 from tests.support.reference import largenet_reference
@@ -53,11 +51,6 @@ def reference(version: int, images: np.ndarray) -> np.ndarray:
     return largenet_reference(seeded_state("largenet", {"num_classes": 10}, SEEDS[version]), images)
 
 
-def images_served(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "featurizer_images_total" and s.labels.get("model") == "largenet")
-
 
 def test_new_version_is_served_by_every_replica_within_two_poll_intervals(registry, replicas):
     probe = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -85,7 +78,7 @@ def test_round_robin_reaches_every_replica_and_survives_a_sigterm(replicas):
     images = np.random.default_rng(2).integers(0, 256, (2_000, 32, 32, 3), dtype=np.uint8)
     target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
     stopping, halfway = threading.Event(), threading.Event()
-    before = [images_served(r.metrics_port) for r in replicas]
+    before = [r.scrape("featurizer_images_total", model="largenet") for r in replicas]
 
     def feed():
         """A third of the way in, hold the job until the first replica has been sent SIGTERM."""
@@ -98,12 +91,12 @@ def test_round_robin_reaches_every_replica_and_survives_a_sigterm(replicas):
     with FeaturizerClient(target, timeout=60) as client, ThreadPoolExecutor(1) as pool:
         job = pool.submit(client.embed, feed(), model="largenet", version=1, batch_size=64, max_in_flight=4)
         assert halfway.wait(120)
-        at_sigterm = [images_served(r.metrics_port) for r in replicas]
+        at_sigterm = [r.scrape("featurizer_images_total", model="largenet") for r in replicas]
         replicas[0].proc.send_signal(signal.SIGTERM)
         stopping.set()
         assert replicas[0].proc.wait(60) == 0
         X = job.result(120)  # raises if any call failed
-    after = [images_served(r.metrics_port) for r in replicas[1:]]
+    after = [r.scrape("featurizer_images_total", model="largenet") for r in replicas[1:]]
     assert np.abs(X - reference(1, images)).max() <= TOLERANCE and X.shape == (len(images), 10)
     assert all(a > b for a, b in zip(at_sigterm, before)), (before, at_sigterm)  # every replica took traffic
     assert all(a > b for a, b in zip(after, at_sigterm[1:])), (at_sigterm, after)  # survivors took the rest

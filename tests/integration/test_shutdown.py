@@ -7,6 +7,7 @@ complete (or get UNAVAILABLE), none hangs, and the process exits 0.
 from __future__ import annotations
 
 import signal
+import time
 
 import grpc
 import numpy as np
@@ -45,8 +46,9 @@ def test_signal_drains_calls_in_flight_then_exits_zero(demo_registry_template, s
             request = pb.EmbedRequest(model="alexnet", images=[pb.Image(encoded=jpeg)] * IMAGES_PER_CALL)
             calls = [stub.Embed.future(request, timeout=120, metadata=(("x-request-id", f"drain-{i}"),))
                      for i in range(IN_FLIGHT)]
-            for i, call in enumerate(calls):  # the server's handler has started: the call is in flight
-                assert dict(call.initial_metadata())["x-request-id"] == f"drain-{i}"
+            deadline = time.monotonic() + 60  # every handler has started: the calls are in flight
+            while server.scrape("featurizer_in_flight_requests", method="Embed") < IN_FLIGHT:
+                assert time.monotonic() < deadline, "the 16 calls never reached the server"
 
             server.proc.send_signal(signum)
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -104,6 +105,14 @@ class ServerProcess:
                 return int(match.group(2)), int(match.group(3)) if match.group(3).isdigit() else -1
         err = self.proc.stderr.read()
         raise RuntimeError(f"featurizer serve exited with {self.proc.wait()} before listening:\n{err[-3000:]}")
+
+    def scrape(self, name: str, **labels: str) -> float:
+        """Sum of the samples called ``name`` whose labels include ``labels``, from its /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == name and labels.items() <= s.labels.items())
 
     def terminate(self, timeout: float = 60) -> int:
         self.proc.send_signal(signal.SIGTERM)
