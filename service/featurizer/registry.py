@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
 from .manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
@@ -118,13 +119,14 @@ class Registry:
         if not resolved.is_relative_to(self.root.resolve()):
             raise RegistryError(f"{where}: resolves outside the registry root")
         try:
-            digest = sha256_file(resolved)
+            data = resolved.read_bytes()  # read once: the bytes hashed are the bytes loaded
         except OSError as error:
             raise RegistryError(f"{where}: unreadable ({error.strerror or error})") from None
+        digest = hashlib.sha256(data).hexdigest()
         if digest != manifest.weights.sha256:
             raise RegistryError(f"{where}: sha256 mismatch (manifest {manifest.weights.sha256[:12]}..., file {digest[:12]}...)")
         try:
-            return load_file(str(resolved))
+            return load_safetensors(data)
         except Exception as error:  # safetensors raises its own error types
             raise RegistryError(f"{where}: not a valid safetensors file ({error})") from None
 
