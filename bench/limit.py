@@ -3,9 +3,7 @@
 Searches batch size x memory format x pipelining (preprocess the next batch on 2 threads while
 the current one runs, as a server can) for ``--seconds`` each and prints one JSON line: every
 configuration's images/s, the best one, and the best batch-1 latency without pipelining (what a
-lone caller could get at best). The model runs on a dedicated thread, as in featurizer and the
-naive server: on this machine, torch ops issued from the main thread with 2 intra-op threads ran
-several times slower under CPU contention than the same ops from a worker thread.
+lone caller could get at best). The model runs on a dedicated thread, as in featurizer.
 """
 
 from __future__ import annotations

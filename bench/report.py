@@ -135,7 +135,7 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
            "- Payloads: " + ", ".join(f"{p['name']} {p['width']}x{p['height']} ({p['bytes'] // 1024} KiB JPEG)"
                                       for p in results["payloads"]["full"]) + "; LargeNet gets the same photos at 32x32.",
            "- Load generators are separate processes (grpc.aio, no torch) on the same 2 cores as the server: "
-           "their CPU time (`client_cpu_s` in the JSON) is taken from the server under test, equally for every system.",
+           "their CPU time is recorded per load (`client_cpu_s` in the JSON) and is taken from the server under test.",
            "", "## Ratios (median and range over rounds)", "", "| ratio | median (min–max) |", "|---|---|"]
     out += [f"| {key} | {_fmt(s)} |" for key, s in summary["ratios"].items()]
     out += ["", "## Throughput (images/s, median and range over rounds)", ""]

@@ -6,7 +6,7 @@ reported as the median and range over rounds. Every server is a subprocess start
 here; every load generator is a separate process. Writes bench/results/<timestamp>.json and
 docs/performance.md (+ PNGs).
 
-    python bench/run.py            # full: 3 rounds, 8 s per load (about 20 minutes)
+    python bench/run.py            # full: 3 rounds, 6 s per load, 8-minute memory check (~22 minutes)
     python bench/run.py --quick    # 1 round, a couple of seconds per load (smoke)
 """
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 round, short loads: a smoke run")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
-    parser.add_argument("--seconds", type=float, help="measured seconds per load (default 8; 2 with --quick)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per load (default 6; 2 with --quick)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each load (default 2; 0.5 with --quick)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated subset of " + ",".join(ALL_SYSTEMS))
     parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop single-image callers")
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 3)
-    args.seconds = args.seconds or (2.0 if quick else 8.0)
+    args.seconds = args.seconds or (2.0 if quick else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
     args.memory_minutes = args.memory_minutes if args.memory_minutes is not None else (0.0 if quick else 8.0)
     args.results_dir = args.results_dir or BENCH / "results" / ("quick" if quick else "")
@@ -81,8 +81,25 @@ def loads_for(name: str, args: argparse.Namespace) -> list[dict]:
     return alexnet + largenet
 
 
+def limit_seconds(args: argparse.Namespace) -> float:
+    return max(0.5, args.seconds * 0.4)  # per configuration: 16 of them in full mode, 4 with --quick
+
+
+def estimate_minutes(args: argparse.Namespace) -> float:
+    """A rough upper estimate on a quiet 2-core machine, printed before a long run starts."""
+    per_load = args.warmup + args.seconds + 1.5       # + load generator start-up
+    startup = 15.0                                    # a server: imports, weights, warm-up
+    seconds = 0.0
+    for name in args.systems:
+        if name == "limit":
+            seconds += (4 if args.quick else 16) * (limit_seconds(args) + 1.5) + 10
+        elif name != "pytriton":
+            seconds += startup + per_load * len(loads_for(name, args))
+    return (seconds * args.rounds + 30 + (args.memory_minutes * 60 + 30 if "featurizer" in args.systems else 0)) / 60
+
+
 def run_limit(ctx: systems.Context, args: argparse.Namespace, round_index: int) -> dict:
-    per_config = max(1.0, args.seconds * 0.4)  # 16 configurations in full mode
+    per_config = limit_seconds(args)
     argv = [sys.executable, str(BENCH / "limit.py"), "--payloads", str(ctx.payloads["full"]), "--seconds", str(per_config)]
     if args.quick:
         argv += ["--batches", "1,8", "--formats", "channels_last"]
@@ -135,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     began = time.time()
+    print(f"bench: {len(args.systems)} systems x {args.rounds} round(s), about {estimate_minutes(args):.0f} min", flush=True)
     with tempfile.TemporaryDirectory(prefix="featurizer-bench-") as tmp:
         work = Path(tmp)
         log_dir = args.log_dir or work / "logs"
