@@ -18,6 +18,7 @@ from typing import Optional
 import psutil
 
 _LIVE: set["Child"] = set()
+_RUNNING: set[subprocess.Popen] = set()  # one-shot children of run_to_json
 
 
 class ChildFailed(RuntimeError):
@@ -93,12 +94,15 @@ def run_to_json(name: str, argv: list[str], log_dir: Path, timeout: float) -> st
     out_path = log_dir / f"{name}.out"
     with open(out_path, "w") as out, open(log_dir / f"{name}.err", "w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
+        _RUNNING.add(proc)
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait(10)
             raise ChildFailed(f"{name} did not finish within {timeout:.0f}s") from None
+        finally:
+            _RUNNING.discard(proc)
     lines = out_path.read_text().strip().splitlines()
     if code != 0 or not lines:
         raise ChildFailed(f"{name} exited with {code}:\n{(log_dir / f'{name}.err').read_text()[-2000:]}")
@@ -106,6 +110,8 @@ def run_to_json(name: str, argv: list[str], log_dir: Path, timeout: float) -> st
 
 
 def stop_all() -> None:
+    for proc in list(_RUNNING):
+        _signal_group(proc.pid, signal.SIGKILL)
     for child in list(_LIVE):
         child.stop(grace=3.0)
 
