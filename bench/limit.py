@@ -27,27 +27,30 @@ from reference_path import forward, load_features, preprocess  # noqa: E402
 
 def measure(model: torch.nn.Module, payloads: list[bytes], batch: int, channels_last: bool, pipelined: bool,
             seconds: float) -> dict:
-    """Closed loop over batches of ``batch`` images for about ``seconds`` (on the calling thread)."""
+    """Closed loop over batches of ``batch`` images for about ``seconds`` (model on the calling thread).
+
+    Images are preprocessed on 2 helper threads, as featurizer's preprocess workers do. Without
+    pipelining each batch is preprocessed, then run (latency = the whole path); with it, the next
+    batch is preprocessed while this one runs (latency then excludes the overlapped preprocessing).
+    """
     source = itertools.cycle(payloads)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess") as pool:
         def prepare():
-            chunk = [next(source) for _ in range(batch)]
-            return pool.map(preprocess, chunk) if pipelined else map(preprocess, chunk)
+            return pool.map(preprocess, [next(source) for _ in range(batch)])
 
         forward(model, list(prepare()), channels_last)  # warm-up (oneDNN picks kernels per shape)
         latencies: list[float] = []
         images = 0
         started = time.perf_counter()
-        ready = prepare()
+        ready = prepare() if pipelined else None
         while time.perf_counter() - started < seconds:
             t0 = time.perf_counter()
-            current = list(ready)
-            ready = prepare() if pipelined else None  # the next batch decodes during this forward
+            current = list(ready if pipelined else prepare())
+            if pipelined:
+                ready = prepare()  # decodes during this forward pass
             forward(model, current, channels_last)
             latencies.append(time.perf_counter() - t0)
             images += batch
-            if not pipelined:
-                ready = prepare()
         elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {"batch": batch, "channels_last": channels_last, "pipelined": pipelined, "images_per_s": images / elapsed,

@@ -1,8 +1,9 @@
 """Closed-loop load: N callers, each sending its next request as soon as the last one returns.
 
 Runs as its own process (light: grpc, aiohttp and numpy, never torch) so the server under test
-is measured from outside. Requests that start during ``--warmup`` are not counted; the window
-closes at ``--seconds`` and requests still in flight then are not counted either. Prints one
+is measured from outside. Throughput counts the requests that complete inside the window
+(``--warmup`` seconds after the start, ``--seconds`` long), wherever they started: counting only
+requests that also started inside it would under-count slow requests (a 64-image batch). Prints one
 JSON line: images/s, latency percentiles, errors by code, and this process's CPU seconds (the
 share of the 2 cores the load itself took).
 """
@@ -46,7 +47,7 @@ class Window:
 
     def record(self, started: float, images: int, error: str | None) -> None:
         finished = time.perf_counter()
-        if started < self.start or finished > self.end:
+        if not self.start <= finished <= self.end:
             return
         if error is None:
             self.latencies.append(finished - started)
