@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Optional, Protocol, TypeVar
@@ -91,6 +91,8 @@ class Batcher(Generic[T, R]):
         if self._closed:
             raise Unavailable(f"model {self.name} is unloading; retry")
         if len(self._queue) + len(items) > self.max_queue:
+            self._purge_departed()
+        if len(self._queue) + len(items) > self.max_queue:
             self._observer.on_drop("overload", len(items))
             raise Overloaded(f"model {self.name} is overloaded: {len(self._queue)} images queued, "
                              f"limit {self.max_queue}; retry later")
@@ -149,24 +151,47 @@ class Batcher(Generic[T, R]):
         return self._take()
 
     def _take(self) -> list[_Pending[T]]:
+        """Pop up to max_batch_size live items; departed ones on the way are dropped and counted."""
         now = asyncio.get_running_loop().time()
         batch: list[_Pending[T]] = []
-        cancelled = expired = 0
+        drops: Counter[str] = Counter()
         while self._queue and len(batch) < self.max_batch_size:
             p = self._queue.popleft()
-            if p.future.done():  # caller cancelled (or a sibling item failed)
-                cancelled += 1
-            elif p.deadline is not None and now >= p.deadline:
-                p.future.set_exception(DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
-                expired += 1
+            reason = self._departed(p, now)
+            if reason:
+                drops[reason] += 1
             else:
                 batch.append(p)
-        if cancelled:
-            self._observer.on_drop("cancelled", cancelled)
-        if expired:
-            self._observer.on_drop("deadline", expired)
-        self._observer.on_queue_depth(len(self._queue))
+        self._report(drops)
         return batch
+
+    def _purge_departed(self) -> None:
+        """Drop every departed item now (before refusing a caller for a queue full of ghosts)."""
+        now = asyncio.get_running_loop().time()
+        drops: Counter[str] = Counter()
+        live: deque[_Pending[T]] = deque()
+        for p in self._queue:
+            reason = self._departed(p, now)
+            if reason:
+                drops[reason] += 1
+            else:
+                live.append(p)
+        self._queue = live
+        self._report(drops)
+
+    def _departed(self, p: _Pending[T], now: float) -> str:
+        """Why this item's caller no longer wants it ("" = still wanted); fails expired ones."""
+        if p.future.done():  # caller cancelled (or a sibling item failed)
+            return "cancelled"
+        if p.deadline is not None and now >= p.deadline:
+            p.future.set_exception(DeadlineExceeded(f"deadline passed while queued for model {self.name}"))
+            return "deadline"
+        return ""
+
+    def _report(self, drops: Counter[str]) -> None:
+        for reason, count in drops.items():
+            self._observer.on_drop(reason, count)
+        self._observer.on_queue_depth(len(self._queue))
 
     async def _run_batch(self, batch: list[_Pending[T]]) -> None:
         started = asyncio.get_running_loop().time()

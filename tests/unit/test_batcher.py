@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -20,33 +20,41 @@ FOREVER_S = 3600.0  # a max_delay no test can wait out: a batch that starts did 
 
 
 class Recorder:
-    """A BatchObserver that remembers what it was told."""
+    """A BatchObserver that remembers what it was told and lets a test wait for a state."""
 
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.drops: dict[str, int] = defaultdict(int)
         self.depth = 0
-        self._watches: list[tuple[int, asyncio.Event]] = []
+        self._watches: list[tuple[Callable[[], bool], asyncio.Event]] = []
 
     def on_queue_depth(self, depth: int) -> None:
         self.depth = depth
-        for wanted, event in self._watches:
-            if depth >= wanted:
-                event.set()
-
-    async def queued(self, depth: int) -> None:
-        """Wait until the batcher reports ``depth`` queued items (submitting tasks have run)."""
-        event = asyncio.Event()
-        self._watches.append((depth, event))
-        if self.depth >= depth:
-            event.set()
-        await asyncio.wait_for(event.wait(), SAFETY_S)
+        self._check()
 
     def on_batch(self, size: int, queue_waits: Sequence[float]) -> None:
         self.batches.append(size)
 
     def on_drop(self, reason: str, count: int) -> None:
         self.drops[reason] += count
+        self._check()
+
+    def _check(self) -> None:
+        for condition, event in self._watches:
+            if condition():
+                event.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until the batcher's reports make ``condition`` true (no clock involved)."""
+        event = asyncio.Event()
+        self._watches.append((condition, event))
+        if condition():
+            event.set()
+        await asyncio.wait_for(event.wait(), SAFETY_S)
+
+    async def queued(self, depth: int) -> None:
+        """Wait until ``depth`` items are queued (the submitting tasks have run)."""
+        await self.until(lambda: self.depth >= depth)
 
 
 class GatedExecute:
@@ -220,6 +228,25 @@ async def test_overload_is_refused_at_once_with_a_clear_message():
     execute.release[0].set()
     execute.release[1].set()
     assert await answer(queued) == [20, 30]
+    await answer(first)
+    await batcher.close()
+
+
+async def test_departed_callers_do_not_count_against_admission():
+    execute = GatedExecute()
+    batcher, recorder = make(execute, max_queue=3)
+    first = asyncio.create_task(batcher.submit([1]))
+    await execute.next_batch()  # held: nothing leaves the queue until released
+    gone = asyncio.create_task(batcher.submit([2, 3]))
+    await recorder.queued(2)
+    gone.cancel()
+    late = asyncio.create_task(batcher.submit([4, 5]))  # 2 ghosts + 2 would pass the limit of 3
+    await recorder.until(lambda: recorder.drops["cancelled"] == 2)  # purged by admission, not by a batch
+    assert batcher.queue_depth == 2 and "overload" not in recorder.drops
+    execute.release[0].set()
+    assert await execute.next_batch() == [4, 5]
+    execute.release[1].set()
+    assert await answer(late) == [40, 50]
     await answer(first)
     await batcher.close()
 
