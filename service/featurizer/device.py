@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# torch's default intra-op thread count, read once at import: later, a new thread's count follows
+# whichever thread last called set_num_threads (a preprocessing worker sets 1 for itself).
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Device:
 
     def __post_init__(self) -> None:
         name = str(self.torch_device).replace(":", "")
-        threads = self.threads or torch.get_num_threads()
+        threads = self.threads or DEFAULT_THREADS
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}",
                                            initializer=self._setup_inference_thread, initargs=(threads,))
 

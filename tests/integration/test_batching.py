@@ -14,7 +14,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2
 
-from featurizer.device import per_thread_intra_op
+from featurizer.device import DEFAULT_THREADS, per_thread_intra_op
 from featurizer.manifest import IMAGENET_MEAN, IMAGENET_STD
 from featurizer_client import FeaturizerClient
 from tests.support.images import encode, photos
@@ -111,12 +111,17 @@ def test_native_sizes_are_bucketed_by_shape_and_each_row_is_correct(tmp_path, re
         assert np.abs(row - native_reference(reference_model, array)).max() <= TOLERANCE
 
 
-def test_inference_thread_gets_threads_flag_and_preprocessing_threads_one_each(tmp_path):
+def test_inference_thread_keeps_torch_default_threads_and_preprocessing_threads_use_one(tmp_path):
     publish_test_model(tmp_path, "small", "test_gated", {"gate": "batching-threads"})
-    with running_server(tmp_path, threads=2, preprocess_workers=2) as server:
-        with FeaturizerClient(server.target) as client:
-            client.embed([photos()["coffee"]] * 4, model="small")  # the preprocessing threads exist now
-        inference = server.server.device.executor.submit(torch.get_num_threads).result(SAFETY_S)
-        preprocessing = {server.server.engine._pool.submit(torch.get_num_threads).result(SAFETY_S) for _ in range(8)}
-    assert inference == 2
-    assert preprocessing == ({1} if per_thread_intra_op() else {2})  # OpenMP: a per-thread setting
+    seen = []
+    for _ in range(2):  # a second server in the process must not inherit a worker's single thread
+        with running_server(tmp_path, preprocess_workers=2) as server:
+            with FeaturizerClient(server.target) as client:
+                client.embed([photos()["coffee"]] * 4, model="small")  # the preprocessing threads exist now
+            inference = server.server.device.executor.submit(torch.get_num_threads).result(SAFETY_S)
+            preprocessing = {server.server.engine._pool.submit(torch.get_num_threads).result(SAFETY_S)
+                             for _ in range(8)}
+            seen.append((inference, preprocessing))
+    one = {1} if per_thread_intra_op() else {DEFAULT_THREADS}  # OpenMP: a per-thread setting
+    assert seen == [(DEFAULT_THREADS, one)] * 2
+
