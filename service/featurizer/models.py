@@ -163,6 +163,7 @@ class ModelManager:
             max_delay_s=(manifest.batching.max_delay_ms if manifest.batching.max_delay_ms is not None
                          else self.settings.max_delay_ms) / 1000.0,
             max_queue=self.settings.max_queue,
+            max_concurrent_batches=self.settings.max_concurrent_batches or (2 if self.device.type == "cuda" else 1),
             observer=self.metrics.model_observer(mv.name, self.device.label))
 
     def _build_module(self, name: str, version: int, manifest: Manifest) -> nn.Module:

@@ -37,7 +37,10 @@ class Settings:
     channels_last: str = _opt("auto", "on, off or auto (on for CPU and CUDA, where it is faster for AlexNet)", choices=("auto", "on", "off"))
     threads: int = _opt(0, "intra-op threads for torch on CPU (0 = torch's default)")
     max_batch_size: int = _opt(64, "largest batch (images) per forward pass, unless a model's manifest says otherwise")
-    max_delay_ms: float = _opt(2.0, "how long the oldest request may wait for a fuller batch while the device is busy")
+    max_delay_ms: float = _opt(2.0, "with more than one batch in flight, how long a partial batch may wait for more "
+                                    "images (an idle model never waits)")
+    max_concurrent_batches: int = _opt(0, "batches a model may have in flight at once (0 = auto: 1 on CPU, where one "
+                                          "batch already uses every core; 2 on CUDA, so one uploads while one computes)")
     max_queue: int = _opt(1024, "images queued per model before new requests get RESOURCE_EXHAUSTED")
     poll_interval: float = _opt(5.0, "seconds between registry scans for new, changed and removed versions (0 = never)")
     preprocess_workers: int = _opt(2, "threads decoding and resizing images")
@@ -65,6 +68,7 @@ class Settings:
         _check(self.threads >= 0, "threads", self.threads, ">= 0")
         _check(self.max_batch_size >= 1, "max_batch_size", self.max_batch_size, ">= 1")
         _check(self.max_delay_ms >= 0, "max_delay_ms", self.max_delay_ms, ">= 0")
+        _check(self.max_concurrent_batches >= 0, "max_concurrent_batches", self.max_concurrent_batches, ">= 0")
         _check(self.max_queue >= 1, "max_queue", self.max_queue, ">= 1")
         _check(self.poll_interval >= 0, "poll_interval", self.poll_interval, ">= 0")
         _check(self.preprocess_workers >= 1, "preprocess_workers", self.preprocess_workers, ">= 1")

@@ -32,7 +32,7 @@ def test_one_json_access_line_per_request_with_the_request_id(demo_registry_temp
         generated_id = dict(generated.trailing_metadata())["x-request-id"]
         assert len(generated_id) == 32 and int(generated_id, 16) >= 0  # a fresh uuid4 hex
         assert server.terminate() == 0
-        lines = server.proc.stderr.read().splitlines()
+        lines = server.stderr_lines()
     finally:
         server.kill()
 

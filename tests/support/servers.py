@@ -95,6 +95,10 @@ class ServerProcess:
             args += ["--registry", str(registry)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
+        # Drain stderr all along: an unread pipe fills up (64 KiB of access logs) and blocks the server.
+        self._stderr: list[str] = []
+        self._drain = threading.Thread(target=self._stderr.extend, args=(self.proc.stderr,), daemon=True)
+        self._drain.start()
         self.port, self.metrics_port = self._wait_listening()
         self.target = f"127.0.0.1:{self.port}"
 
@@ -103,8 +107,14 @@ class ServerProcess:
             match = LISTENING.search(line)
             if match:
                 return int(match.group(2)), int(match.group(3)) if match.group(3).isdigit() else -1
-        err = self.proc.stderr.read()
-        raise RuntimeError(f"featurizer serve exited with {self.proc.wait()} before listening:\n{err[-3000:]}")
+        code = self.proc.wait()
+        raise RuntimeError(f"featurizer serve exited with {code} before listening:\n{self.stderr_lines()[-30:]}")
+
+    def stderr_lines(self) -> list[str]:
+        """Everything the server wrote to stderr (complete once the process has exited)."""
+        if self.proc.poll() is not None:
+            self._drain.join(10)
+        return [line.rstrip("\n") for line in self._stderr]
 
     def scrape(self, name: str, **labels: str) -> float:
         """Sum of the samples called ``name`` whose labels include ``labels``, from its /metrics."""
@@ -122,6 +132,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._drain.join(10)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
 
