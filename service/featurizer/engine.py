@@ -15,6 +15,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from featurizer_client.messages import ClassScore, EmbedOptions  # the same options and scores the SDK uses
 
 from .builders import resolve_alexnet_layer
 from .device import single_threaded_worker
@@ -31,25 +32,10 @@ DEFAULT_TOP_K = 5
 
 
 @dataclass(frozen=True)
-class EmbedOptions:
-    layer: str = ""            # "" = the model's own output
-    pooling: str = ""          # "" = the model's own pooling
-    normalize: bool = False
-    dtype: str = "float32"     # or "float16"
-
-
-@dataclass(frozen=True)
 class Embeddings:
     model: str
     version: int
     array: np.ndarray          # [N, ...], row i for image i
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    index: int
-    label: str
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -192,5 +178,5 @@ def _rank(logits: np.ndarray, labels: Sequence[str], k: int) -> tuple[list[list[
         probs = exp / exp.sum(axis=1, keepdims=True)
         positive = []
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    top = [[ClassScore(int(j), labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+    top = [[ClassScore(label=labels[j], index=int(j), probability=float(p[j])) for j in row] for p, row in zip(probs, order)]
     return top, positive
