@@ -21,7 +21,7 @@ def preset_tensor(data: bytes | np.ndarray) -> torch.Tensor:
     if isinstance(data, (bytes, bytearray)):
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     else:
-        image = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True)).permute(2, 0, 1)
     return AlexNet_Weights.IMAGENET1K_V1.transforms()(image).unsqueeze(0)
 
 
