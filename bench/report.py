@@ -18,6 +18,12 @@ BENCH = Path(__file__).resolve().parent
 ANALYSIS = BENCH / "where_time_goes.md"
 PYTRITON = BENCH / "peers" / "PYTRITON.md"
 PEERS = ("litserve", "pytriton")
+# The targets, per ratio: (at least, at most); a ratio without one is context only.
+TARGETS = {"featurizer/limit c32": (0.95, None), "featurizer/limit c64": (0.95, None),
+           "featurizer/naive c32": (2.5, None), "featurizer/naive c64": (2.5, None),
+           **{f"featurizer/{peer} c{c}": (1.0, None) for peer in PEERS for c in (32, 64)},
+           "featurizer p50 at 1 caller / limit batch-1 latency": (None, 1.15),
+           "featurizer/echo largenet_c64": (0.7, None), "memory growth after the first minute": (None, 0.05)}
 
 
 def machine() -> dict:
@@ -76,6 +82,9 @@ def summarize(results: dict) -> dict:
             for label, load in result.get("loads", {}).items():
                 if load.get("images_per_s"):
                     throughput.setdefault(name, {}).setdefault(label, []).append(load["images_per_s"])
+    memory = results.get("memory")
+    if memory and memory.get("growth") is not None:
+        ratios["memory growth after the first minute"] = _spread([memory["growth"]])
     return {"ratios": ratios,
             "images_per_s": {n: {l: _spread(v) for l, v in loads.items()} for n, loads in throughput.items()}}
 
@@ -136,8 +145,10 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
                                       for p in results["payloads"]["full"]) + "; LargeNet gets the same photos at 32x32.",
            "- Load generators are separate processes (grpc.aio, no torch) on the same 2 cores as the server: "
            "their CPU time is recorded per load (`client_cpu_s` in the JSON) and is taken from the server under test.",
-           "", "## Ratios (median and range over rounds)", "", "| ratio | median (min–max) |", "|---|---|"]
-    out += [f"| {key} | {_fmt(s)} |" for key, s in summary["ratios"].items()]
+           "", "## Ratios (median and range over rounds)", "",
+           "Targets are the issue's; \"met\" judges the median.", "",
+           "| ratio | median (min–max) | target | met |", "|---|---|---|---|"]
+    out += [f"| {key} | {_fmt(s)} | {_target_text(key)} | {_met(key, s)} |" for key, s in summary["ratios"].items()]
     out += ["", "## Throughput (images/s, median and range over rounds)", ""]
     labels = list(dict.fromkeys(l for loads in summary["images_per_s"].values() for l in loads))
     out += ["| system | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
@@ -163,6 +174,19 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
     if "pytriton" in cfg["systems"]:
         out += ["## Peers that could not run", "", PYTRITON.read_text().strip(), ""]
     return "\n".join(out)
+
+
+def _target_text(key: str) -> str:
+    low, high = TARGETS.get(key, (None, None))
+    return f">= {low:g}" if low is not None else (f"<= {high:g}" if high is not None else "")
+
+
+def _met(key: str, s: dict) -> str:
+    if key not in TARGETS or not s.get("n"):
+        return ""
+    low, high = TARGETS[key]
+    ok = (low is None or s["median"] >= low) and (high is None or s["median"] <= high)
+    return "yes" if ok else "**no**"
 
 
 def _round_rows(name: str, result: dict) -> list[str]:
