@@ -59,12 +59,10 @@ def measure(model: torch.nn.Module, payloads: list[bytes], batch: int, channels_
 
 def search(payloads: list[bytes], batches: list[int], formats: list[str], pipelining: list[bool],
            seconds: float) -> list[dict]:
-    configs = []
-    for fmt in formats:
-        channels_last = fmt == "channels_last"
-        model = load_features(channels_last)
-        configs += [measure(model, payloads, b, channels_last, p, seconds) for b in batches for p in pipelining]
-    return configs
+    """Every configuration, formats interleaved per batch size so drift does not favour one."""
+    models = {fmt: load_features(fmt == "channels_last") for fmt in formats}
+    return [measure(models[fmt], payloads, b, fmt == "channels_last", p, seconds)
+            for b in batches for p in pipelining for fmt in formats]
 
 
 def main(argv: list[str] | None = None) -> None:

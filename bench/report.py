@@ -144,7 +144,10 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
            "- Payloads: " + ", ".join(f"{p['name']} {p['width']}x{p['height']} ({p['bytes'] // 1024} KiB JPEG)"
                                       for p in results["payloads"]["full"]) + "; LargeNet gets the same photos at 32x32.",
            "- Load generators are separate processes (grpc.aio, no torch) on the same 2 cores as the server: "
-           "their CPU time is recorded per load (`client_cpu_s` in the JSON) and is taken from the server under test.",
+           "their CPU time (per load below, and `client_cpu_s` in the JSON) is taken from the server under test.",
+           "- Reproduce: `make bench` (this report), `make bench-quick` (smoke, written to bench/results/quick/); "
+           "`python bench/run.py --systems featurizer --rounds 1 --memory-minutes 10` for the 10-minute memory check alone; "
+           "`python bench/run.py --help` for every option.",
            "", "## Ratios (median and range over rounds)", "",
            "Targets are the issue's; \"met\" judges the median.", "",
            "| ratio | median (min–max) | target | met |", "|---|---|---|---|"]
@@ -157,10 +160,10 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
     out += ["", "The limit is one figure (best batch size and memory format, in-process), so it appears "
             "under `best`.", "", "## Every round", ""]
     for i, rnd in enumerate(results["rounds"]):
-        out += [f"### Round {i + 1}", "", "| system | load | images/s | p50 ms | p95 ms | p99 ms | errors | peak RSS MiB |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [f"### Round {i + 1}", "", "| system | load | images/s | p50 ms | p95 ms | p99 ms | errors | peak RSS MiB "
+                "| load generator CPU |", "|---|---|---|---|---|---|---|---|---|"]
         for name, result in rnd.items():
-            out += _round_rows(name, result)
+            out += _round_rows(name, result, cfg["warmup"])
         out.append("")
     if "memory" in results:
         mem = results["memory"]
@@ -189,11 +192,11 @@ def _met(key: str, s: dict) -> str:
     return "yes" if ok else "**no**"
 
 
-def _round_rows(name: str, result: dict) -> list[str]:
+def _round_rows(name: str, result: dict, warmup: float) -> list[str]:
     if "skipped" in result:
-        return [f"| {name} | — | skipped: {result['skipped'].splitlines()[0]} | | | | | |"]
+        return [f"| {name} | — | skipped: {result['skipped'].splitlines()[0]} | | | | | | |"]
     if "failed" in result:
-        return [f"| {name} | — | failed: {result['failed'].splitlines()[0][:120]} | | | | | |"]
+        return [f"| {name} | — | failed: {result['failed'].splitlines()[0][:120]} | | | | | | |"]
     if name == "limit":
         rows = []
         for c in result["configs"]:
@@ -201,15 +204,16 @@ def _round_rows(name: str, result: dict) -> list[str]:
             rows.append(f"| limit | batch {c['batch']}{' channels_last' if c['channels_last'] else ''}"
                         f"{' pipelined' if c['pipelined'] else ''} | "
                         f"{c['images_per_s']:.1f} | {lat['p50']:.0f} | {lat['p95']:.0f} | {lat['p99']:.0f} | 0 | "
-                        f"{result['peak_rss_bytes'] / 2**20:.0f} |")
+                        f"{result['peak_rss_bytes'] / 2**20:.0f} | — |")
         return rows
     rows = []
     for label, load in result["loads"].items():
         if "failed" in load:
-            rows.append(f"| {name} | {label} | failed | | | | | |")
+            rows.append(f"| {name} | {label} | failed | | | | | | |")
             continue
         lat = load["latency_ms"]
         errors = sum(load["errors"].values())
+        share = load["client_cpu_s"] / (load["seconds"] + warmup)  # of one core, over its whole run
         rows.append(f"| {name} | {label} | {load['images_per_s']:.1f} | {lat['p50']:.0f} | {lat['p95']:.0f} | "
-                    f"{lat['p99']:.0f} | {errors} | {result.get('peak_rss_bytes', 0) / 2**20:.0f} |")
+                    f"{lat['p99']:.0f} | {errors} | {result.get('peak_rss_bytes', 0) / 2**20:.0f} | {share:.0%} of a core |")
     return rows
