@@ -38,7 +38,8 @@ def _throughput(results: dict, path: Path) -> Path:
     ax.set_ylabel("images/s (median over rounds)")
     ax.set_title("AlexNet features: throughput vs concurrency")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -59,7 +60,8 @@ def _latency(results: dict, path: Path) -> Path:
         ax.set_title(f"{q} latency")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].set_ylabel("ms (median over rounds, log scale)")
-    axes[0].legend()
+    if names:
+        axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

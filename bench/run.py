@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="images per request of the one batch client (0 = none)")
     parser.add_argument("--largenet-concurrency", type=int, default=64, help="callers of the LargeNet load (0 = none)")
     parser.add_argument("--memory-minutes", type=float, help="memory check length (default 8; 0 = off, 0 with --quick)")
+    parser.add_argument("--max-minutes", type=float, default=25.0,
+                        help="time budget: stages that would start after it are skipped (recorded as such), and the "
+                             "memory check is shortened to fit")
     parser.add_argument("--results-dir", type=Path, help="where <timestamp>.json goes (default bench/results; "
                         "bench/results/quick with --quick)")
     parser.add_argument("--log-dir", type=Path, help="keep every child's log here (default: a temporary folder)")
@@ -165,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
                                     "batch": args.batch, "largenet_concurrency": args.largenet_concurrency,
                                     "memory_minutes": args.memory_minutes},
                          "payloads": {kind: describe(folder) for kind, folder in payloads.items()}, "rounds": []}
+        deadline = began + args.max_minutes * 60
         try:
             for r in range(args.rounds):
-                results["rounds"].append({name: run_system(name, ctx, args, r) for name in args.systems})
-            if args.memory_minutes > 0 and "featurizer" in args.systems:
-                print(f"memory check: {args.memory_minutes} min of 64 callers ...", flush=True)
-                results["memory"] = memory_check(ctx, args.memory_minutes)
+                results["rounds"].append({name: run_system(name, ctx, args, r) if time.time() < deadline
+                                          else {"skipped": f"over the --max-minutes {args.max_minutes:g} budget"}
+                                          for name in args.systems})
+            minutes = min(args.memory_minutes, (deadline - time.time()) / 60 - 1)  # 1 min: start-up and report
+            if args.memory_minutes > 0 and "featurizer" in args.systems and minutes >= 1:
+                print(f"memory check: {minutes:.1f} min of 64 callers ...", flush=True)
+                results["memory"] = memory_check(ctx, minutes)
         finally:
             stop_all()
         results["duration_s"] = time.time() - began
