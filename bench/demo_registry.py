@@ -6,13 +6,12 @@ from pathlib import Path
 
 import torch
 
-from featurizer.builders import build
+from featurizer.builders import LARGENET_INPUT, build
 from featurizer.demo import init_demo
-from featurizer.manifest import InputSpec, Manifest, OutputSpec
+from featurizer.manifest import Manifest, OutputSpec
 from featurizer.registry import Registry
 
 LARGENET_LABELS = ("negative", "positive")
-LARGENET_INPUT = InputSpec(mode="resize", resize=None, height=32, width=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def build_registry(root: Path, seed: int = 0) -> Path:

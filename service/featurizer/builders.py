@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import alexnet as tv_alexnet
 
-from .manifest import POOLINGS, ManifestError
+from .manifest import InputSpec, ManifestError, POOLINGS
 
 Builder = Callable[..., nn.Module]
 _BUILDERS: dict[str, Builder] = {}
@@ -137,6 +137,10 @@ class LargeNet(nn.Module):
         x = self.pool(F.relu(self.conv2(x)))
         x = x.reshape(-1, 10 * 5 * 5)
         return self.fc2(F.relu(self.fc1(x)))
+
+
+# LargeNet's input: 32x32 RGB scaled to [-1, 1], the lecture's normalisation.
+LARGENET_INPUT = InputSpec(mode="resize", resize=None, height=32, width=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 @register_builder("largenet")

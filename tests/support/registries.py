@@ -8,12 +8,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from featurizer.builders import build
+from featurizer.builders import LARGENET_INPUT, build
 from featurizer.demo import alexnet_features_manifest, features_state, seeded_alexnet
 from featurizer.manifest import BackboneRef, InputSpec, Manifest, OutputSpec
 from featurizer.registry import Registry
 
-LARGENET_INPUT = InputSpec(mode="resize", resize=None, height=32, width=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 NATIVE = InputSpec(mode="native", resize=None, height=None, width=None)
 
 

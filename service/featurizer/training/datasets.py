@@ -24,7 +24,6 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 # LargeNet's input: 32x32, pixels scaled to [-1, 1] (the lecture's Normalize(0.5, 0.5)).
-LARGENET_INPUT = InputSpec(mode="resize", resize=None, height=32, width=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 _LIMITS = ImageLimits(max_image_bytes=64 << 20, max_image_pixels=64 << 20)
 
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..builders import build
+from ..builders import LARGENET_INPUT, build
 from ..device import Device
 from ..inference import BackboneRunner
 from ..manifest import BackboneRef, InputSpec, Manifest, OutputSpec
@@ -24,7 +24,7 @@ from ..preprocessing import normalize_batch
 from ..registry import Registry
 from .backbone import feature_maps, load_module, resolve
 from .command import ARCHITECTURES
-from .datasets import LARGENET_INPUT, DatasetError, LabelledImages, fashion_mnist, image_folder, split
+from .datasets import DatasetError, LabelledImages, fashion_mnist, image_folder, split
 from .loop import History, TrainSettings, train
 from .report import CURVES_FILE, REPORT_FILE, curves_png, report_json
 
