@@ -9,7 +9,6 @@ import torch
 from featurizer.builders import LARGENET_INPUT, build
 from featurizer.demo import init_demo
 from featurizer.manifest import Manifest, OutputSpec
-from featurizer.registry import Registry
 
 LARGENET_LABELS = ("negative", "positive")
 

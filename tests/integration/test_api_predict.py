@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -17,11 +16,9 @@ import torch.nn.functional as F
 from featurizer.builders import build
 from featurizer_client.tensors import from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
-from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 from tests.support.images import encoded_photos
 from tests.support.reference import preset_tensor, torchvision_alexnet
 from tests.support.registries import publish_feature_head, publish_largenet, seeded_state
-from tests.support.servers import running_server
 
 TOLERANCE = 1e-4
 HEAD_LABELS = ("cat", "cup", "rocket")
@@ -30,20 +27,13 @@ LARGENET_LABELS = tuple(f"class{i}" for i in range(10))
 
 
 @pytest.fixture(scope="module")
-def server(demo_registry_template, tmp_path_factory):
+def registry(demo_registry_template, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict") / "registry"
     shutil.copytree(demo_registry_template, root)
     publish_feature_head(root, "objects", labels=HEAD_LABELS, seed=3)
     publish_largenet(root, "largenet10", num_classes=10, labels=LARGENET_LABELS, seed=4)
     publish_largenet(root, "largenet-binary", num_classes=1, labels=("negative", "positive"), seed=5)
-    with running_server(root) as handle:
-        yield handle
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    with grpc.insecure_channel(server.target) as channel:
-        yield pb_grpc.FeaturizerStub(channel)
+    return root
 
 
 @pytest.fixture(scope="module")

@@ -11,29 +11,20 @@ import pytest
 
 from featurizer_client.tensors import from_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
-from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 from tests.support.images import encoded_photos
 from tests.support.reference import reference_features, torchvision_alexnet
 from tests.support.registries import publish_feature_head
-from tests.support.servers import running_server
 
 ITEMS = 500
 TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def server(demo_registry_template, tmp_path_factory):
+def registry(demo_registry_template, tmp_path_factory):
     root = tmp_path_factory.mktemp("streams") / "registry"
     shutil.copytree(demo_registry_template, root)
     publish_feature_head(root, "objects", labels=("cat", "cup", "rocket"))
-    with running_server(root) as handle:
-        yield handle
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    with grpc.insecure_channel(server.target) as channel:
-        yield pb_grpc.FeaturizerStub(channel)
+    return root
 
 
 def _bad_kind(i: int) -> str:

@@ -36,12 +36,6 @@ def registry(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(registry):
-    with running_server(registry) as handle:
-        yield handle
-
-
-@pytest.fixture(scope="module")
 def arrays() -> np.ndarray:
     return [photos()[n] for n in NAMES]
 

@@ -13,7 +13,7 @@ import pytest
 from featurizer_client import FeaturizerClient
 from tests.support.images import encode, photos
 from tests.support.registries import publish_largenet
-from tests.support.servers import ServerThread, free_port, running_server
+from tests.support.servers import ServerThread, free_port
 
 CLI = str(Path(sys.executable).with_name("featurizer-client"))
 LABELS = ("cat", "dog", "bird")
@@ -25,12 +25,6 @@ def registry(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli-registry")
     publish_largenet(root, "largenet", num_classes=3, labels=LABELS, seed=5)
     return root
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    with running_server(registry) as handle:
-        yield handle
 
 
 @pytest.fixture(scope="module")

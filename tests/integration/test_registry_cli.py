@@ -19,7 +19,6 @@ from tests.support.images import photos
 from tests.support.reference import preset_tensor, torchvision_alexnet
 from tests.support.registries import save_torchvision_state_dict, seeded_state
 from tests.support.rpc import embed, featurizer_stub, tensor_images, versions_by_number
-from tests.support.servers import running_server
 
 TOLERANCE = 1e-4
 LARGENET_PARAMS = {"num_classes": 3}
@@ -62,12 +61,6 @@ def registry(files, tmp_path_factory):
 def reference_model():
     """torchvision's AlexNet with the weights the saved state dict holds (seed 0)."""
     return torchvision_alexnet(0)
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    with running_server(registry) as handle:
-        yield handle
 
 
 def test_imported_features_equal_torchvision_on_the_same_image(server, reference_model):

@@ -20,7 +20,6 @@ from tests.support.reference import preset_tensor, torchvision_alexnet
 from tests.support.registries import (NATIVE, flip_byte, publish_alexnet, publish_feature_head,
                                       publish_largenet)
 from tests.support.rpc import embed, featurizer_stub, tensor_images, versions_by_number
-from tests.support.servers import running_server
 
 TOLERANCE = 1e-4
 CUTS = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5")
@@ -43,12 +42,6 @@ def registry(tmp_path_factory):
     manifest.write_text(manifest.read_text().replace('"shape": []', '"shape": [10]'))
     (root / "aliases.json").write_text(json.dumps({"prod": "alexnet-pool5@1", "loop-a": "loop-b", "loop-b": "loop-a"}))
     return root
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    with running_server(registry) as handle:
-        yield handle
 
 
 @pytest.fixture(scope="module")
