@@ -72,6 +72,11 @@ class Batcher(Generic[T, R]):
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running."""
+        return not self._queue and self._running == 0
+
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
@@ -104,6 +109,8 @@ class Batcher(Generic[T, R]):
         self._wakeup.set()
         self.start()
         try:
+            if len(pending) == 1:  # most requests carry one image: skip gather's extra future
+                return [await pending[0].future]
             return list(await asyncio.gather(*(p.future for p in pending)))
         except BaseException:
             for p in pending:  # one failed or we were cancelled: the rest are not wanted

@@ -1,4 +1,4 @@
-"""The request path as small named steps: resolve -> decode -> batch -> predict -> unbatch.
+"""The request path as small named steps: resolve -> prepare -> batch -> predict -> unbatch.
 
 ``Engine`` is what servicers call. It knows nothing about protobuf: images arrive as bytes or
 numpy arrays, results leave as numpy arrays and dataclasses.
@@ -6,28 +6,26 @@ numpy arrays, results leave as numpy arrays and dataclasses.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
 from featurizer_client.messages import ClassScore, EmbedOptions  # the same options and scores the SDK uses
 
 from .builders import resolve_alexnet_layer
-from .device import single_threaded_worker
+from .device import DEFAULT_THREADS
 from .errors import FailedPrecondition, InvalidArgument
 from .inference import FeatureOutput, Item, Output
 from .manifest import POOLINGS, ManifestError
 from .metrics import Metrics
 from .models import ModelManager, ModelVersion
-from .preprocessing import ImageLimits, decode, from_float_chw, from_uint8_hwc, min_side_ok, resize_for
+from .preparation import Preparer, RawImage
+from .preprocessing import ImageLimits
 from .settings import Settings
 
-RawImage = Union[bytes, np.ndarray]
 DEFAULT_TOP_K = 5
 
 
@@ -52,12 +50,11 @@ class Engine:
         self.manager = manager
         self.settings = settings
         self.metrics = metrics
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self._pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess",
-                                        initializer=single_threaded_worker)  # parallel across images, not within one
+        self.preparer = Preparer(ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+                                 settings.preprocess_workers, settings.threads or DEFAULT_THREADS)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.preparer.close()
 
     async def embed(self, model: str, version: int, images: Sequence[RawImage], options: EmbedOptions,
                     deadline: Optional[float] = None) -> Embeddings:
@@ -122,9 +119,7 @@ class Engine:
                    outputs: tuple[Output, ...], deadline: Optional[float]) -> list[tuple[torch.Tensor, ...]]:
         self._check_count(images)
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        tensors = await asyncio.gather(*(
-            loop.run_in_executor(self._pool, self._prepare, image, backbone, i) for i, image in enumerate(images)))
+        tensors = await self.preparer.prepare(images, backbone.manifest.input, backbone.min_side, backbone.batcher.idle)
         self.metrics.preprocess.labels(model).observe(time.perf_counter() - started)
         return await backbone.batcher.submit([Item(t, outputs) for t in tensors], deadline=deadline)
 
@@ -134,20 +129,6 @@ class Engine:
         if len(images) > self.settings.max_images_per_request:
             raise InvalidArgument(f"images: {len(images)} images is above the limit of "
                                   f"{self.settings.max_images_per_request} per request")
-
-    def _prepare(self, image: RawImage, backbone: ModelVersion, index: int) -> torch.Tensor:
-        """Decode/convert and resize one image for the backbone (preprocessing thread)."""
-        where = f"images[{index}]"
-        spec = backbone.manifest.input
-        if isinstance(image, np.ndarray) and image.dtype != np.uint8:
-            if image.dtype != np.float32:
-                raise InvalidArgument(f"{where}: tensor dtype must be uint8 (HWC RGB) or float32 (CHW), got {image.dtype}")
-            tensor = from_float_chw(image, spec, self.limits, where)
-        else:
-            raw = decode(image, self.limits, where) if isinstance(image, bytes) else from_uint8_hwc(image, self.limits, where)
-            tensor = resize_for(raw, spec, self.limits, where)
-        min_side_ok(spec, tensor.shape[1], tensor.shape[2], backbone.min_side, where)
-        return tensor
 
 
 def _finish(array: np.ndarray, options: EmbedOptions) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Image bytes or raw tensors -> one uint8 (or preprocessed float32) CHW tensor per image.
 
-Runs on the preprocessing thread pool, never on the event loop. Decoding happens once, to uint8;
+Pure functions; ``preparation.py`` decides which thread runs them. Decoding happens once, to uint8;
 resizing and cropping stay in uint8 (antialiased, exactly torchvision's ``ImageClassification``
 preset); scaling to [0, 1] and mean/std normalisation happen later, on the device, per batch.
 """
@@ -43,8 +43,20 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes, limits: ImageLimits, where: str = "image") -> torch.Tensor:
-    """Encoded bytes -> uint8 RGB [3, H, W]. Refuses bombs before decoding the pixels."""
+@dataclass(frozen=True)
+class Probe:
+    """An encoded image whose header has been read: format and size known, pixels not decoded."""
+
+    kind: str
+    width: int
+    height: int
+    pil: Image.Image
+    data: bytes
+
+
+def probe(data: bytes, limits: ImageLimits, where: str = "image") -> Probe:
+    """Read the header only (tens of microseconds): refuses empty, oversized and unknown images
+    and decompression bombs before any pixel is decoded."""
     if len(data) == 0:
         raise InvalidArgument(f"{where}: empty image bytes")
     if len(data) > limits.max_image_bytes:
@@ -56,15 +68,28 @@ def decode(data: bytes, limits: ImageLimits, where: str = "image") -> torch.Tens
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pil = Image.open(io.BytesIO(data))
-            width, height = pil.size
-            _check_pixels(width, height, limits, where)
-            if kind == "JPEG" and pil.mode in ("RGB", "L"):
-                return _decode_jpeg(data, where)
-            return _decode_pil(pil)
-    except InvalidArgument:
-        raise
-    except Exception as error:  # any decoder failure on client bytes is a bad image, not a server bug
+    except Exception as error:
         raise InvalidArgument(f"{where}: cannot decode {kind} data ({type(error).__name__})") from None
+    width, height = pil.size
+    _check_pixels(width, height, limits, where)
+    return Probe(kind, width, height, pil, data)
+
+
+def decode_probed(image: Probe, where: str = "image") -> torch.Tensor:
+    """A probed image -> uint8 RGB [3, H, W]."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if image.kind == "JPEG" and image.pil.mode in ("RGB", "L"):
+                return _decode_jpeg(image.data, where)
+            return _decode_pil(image.pil)
+    except Exception as error:  # any decoder failure on client bytes is a bad image, not a server bug
+        raise InvalidArgument(f"{where}: cannot decode {image.kind} data ({type(error).__name__})") from None
+
+
+def decode(data: bytes, limits: ImageLimits, where: str = "image") -> torch.Tensor:
+    """Encoded bytes -> uint8 RGB [3, H, W]. Refuses bombs before decoding the pixels."""
+    return decode_probed(probe(data, limits, where), where)
 
 
 def _check_pixels(width: int, height: int, limits: ImageLimits, where: str) -> None:

@@ -119,7 +119,7 @@ def test_inference_thread_keeps_torch_default_threads_and_preprocessing_threads_
             with FeaturizerClient(server.target) as client:
                 client.embed([photos()["coffee"]] * 4, model="small")  # the preprocessing threads exist now
             inference = server.server.device.executor.submit(torch.get_num_threads).result(SAFETY_S)
-            preprocessing = {server.server.engine._pool.submit(torch.get_num_threads).result(SAFETY_S)
+            preprocessing = {server.server.engine.preparer._pool.submit(torch.get_num_threads).result(SAFETY_S)
                              for _ in range(8)}
             seen.append((inference, preprocessing))
     one = {1} if per_thread_intra_op() else {DEFAULT_THREADS}  # OpenMP: a per-thread setting
