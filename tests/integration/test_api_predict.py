@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import shutil
 
+import grpc
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from featurizer.builders import build
 from featurizer_client.tensors import from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
-from tests.support.images import encoded_photos
-from tests.support.reference import preset_tensor, torchvision_alexnet
+from tests.support.images import encode, encoded_photos, photos
+from tests.support.reference import largenet_reference, preset_tensor, torchvision_alexnet
 from tests.support.registries import publish_feature_head, publish_largenet, seeded_state
 
 TOLERANCE = 1e-4
@@ -154,3 +156,34 @@ def test_predict_binary_head_gives_sigmoid_positive_probability(stub):
         top = prediction.classes[0]
         assert (top.label, top.index) == (("positive", 1) if p >= 0.5 else ("negative", 0))
         assert abs(top.probability - max(p, 1 - p)) <= TOLERANCE
+
+
+def _tiny_images() -> list[np.ndarray]:
+    """Real photos shrunk to LargeNet sizes (prepared inline) and one large flat image whose PNG is
+    a few KB (probed inline, decoded on the pool)."""
+    small = [np.array(Image.fromarray(photos()[name]).resize(size)) for name, size in
+             (("chelsea", (32, 32)), ("coffee", (60, 40)), ("rocket", (48, 64)))]
+    return small + [np.full((1500, 1500, 3), 120, np.uint8)]
+
+
+def test_predict_largenet_on_tiny_encoded_images_matches_torchvision(stub):
+    arrays = _tiny_images()
+    sent = [encode(arrays[0], "PNG"), encode(arrays[1], "PNG"), arrays[2], encode(arrays[3], "PNG")]
+    assert len(sent[3]) < 16 * 1024  # the small file that expands into 2.25 million pixels
+    images = [pb.Image(encoded=s) if isinstance(s, bytes) else pb.Image(tensor=to_proto(s)) for s in sent]
+    response = stub.Predict(pb.PredictRequest(model="largenet10", images=images, top_k=10), timeout=60)
+    state = seeded_state("largenet", {"num_classes": 10}, 4)
+    for array, prediction in zip(arrays, response.predictions):
+        expected = _softmax(largenet_reference(state, array[None]))[0]
+        got = np.zeros(10)
+        got[[c.index for c in prediction.classes]] = [c.probability for c in prediction.classes]
+        assert np.abs(got - expected).max() <= TOLERANCE
+
+
+def test_a_bad_tiny_image_is_refused_by_position_and_the_next_call_is_served(stub):
+    good = encode(_tiny_images()[0], "PNG")
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Predict(pb.PredictRequest(model="largenet10", images=_images([good, b"GIF89a\x01"])), timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images[1]" in refused.value.details()
+    assert len(stub.Predict(pb.PredictRequest(model="largenet10", images=_images([good])), timeout=60).predictions) == 1
