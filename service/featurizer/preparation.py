@@ -5,9 +5,9 @@ keeps serving. Two cases are better served otherwise:
 
 - **Tiny images** (a 32x32 LargeNet input decodes in tens of microseconds) are prepared inline on
   the event loop: the hop to a thread costs more than the work (a future, a self-pipe wake-up,
-  GIL hand-offs). Measured on 64 LargeNet callers: about 1.4x the throughput. The work allowed
-  inline is bounded by pixels read from the header, so a small file that expands into a large
-  image (a PNG bomb) still goes to the pool.
+  GIL hand-offs). 64 LargeNet callers, back-to-back runs: about 1.2-1.4x the images/s
+  (``bench/where_time_goes.md``). The work allowed inline is bounded by pixels read from the
+  header, so a small file that expands into a large image (a PNG bomb) still goes to the pool.
 - **A lone image** (nothing else being prepared, its model's batcher idle) gets every intra-op
   thread for its resize instead of one: under load one thread per image is right, but a lone
   caller would otherwise wait on one core while the others idle.
