@@ -146,7 +146,8 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
            "- Load generators are separate processes (grpc.aio, no torch) on the same 2 cores as the server: "
            "their CPU time (per load below, and `client_cpu_s` in the JSON) is taken from the server under test.",
            "- Reproduce: `make bench` (this report), `make bench-quick` (smoke, written to bench/results/quick/); "
-           "`python bench/run.py --systems featurizer --rounds 1 --memory-minutes 10` for the 10-minute memory check alone; "
+           "`python bench/run.py --systems featurizer --rounds 1 --concurrency '' --batch 0 --largenet-concurrency 0` "
+           "for the 10-minute memory check alone; "
            "`python bench/run.py --help` for every option.",
            "", "## Ratios (median and range over rounds)", "",
            "Targets are the issue's; \"met\" judges the median.", "",

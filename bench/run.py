@@ -6,7 +6,7 @@ reported as the median and range over rounds. Every server is a subprocess start
 here; every load generator is a separate process. Writes bench/results/<timestamp>.json and
 docs/performance.md (+ PNGs).
 
-    python bench/run.py            # full: 3 rounds, 6 s per load, 8-minute memory check (~22 minutes)
+    python bench/run.py            # full: 3 rounds, 6 s per load, 10-minute memory check (~22 minutes)
     python bench/run.py --quick    # 1 round, a couple of seconds per load (smoke)
 """
 
@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop single-image callers")
     parser.add_argument("--batch", type=int, default=64, help="images per request of the one batch client (0 = none)")
     parser.add_argument("--largenet-concurrency", type=int, default=64, help="callers of the LargeNet load (0 = none)")
-    parser.add_argument("--memory-minutes", type=float, help="memory check length (default 8; 0 = off, 0 with --quick)")
-    parser.add_argument("--max-minutes", type=float, default=25.0,
+    parser.add_argument("--memory-minutes", type=float, help="memory check length (default 10; 0 = off, 0 with --quick)")
+    parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="time budget: stages that would start after it are skipped (recorded as such), and the "
                              "memory check is shortened to fit")
     parser.add_argument("--results-dir", type=Path, help="where <timestamp>.json goes (default bench/results; "
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if quick else 3)
     args.seconds = args.seconds or (2.0 if quick else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 2.0)
-    args.memory_minutes = args.memory_minutes if args.memory_minutes is not None else (0.0 if quick else 8.0)
+    args.memory_minutes = args.memory_minutes if args.memory_minutes is not None else (0.0 if quick else 10.0)
     args.results_dir = args.results_dir or BENCH / "results" / ("quick" if quick else "")
     args.docs_dir = args.docs_dir or (BENCH / "results" / "quick" if quick else BENCH.parent / "docs")
     args.systems = [s for s in args.systems.split(",") if s]
