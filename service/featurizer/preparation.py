@@ -82,8 +82,8 @@ class Preparer:
                 return image  # malformed: refused inline with a clear message, at no cost
             height, width = image.shape[:2] if image.dtype == np.uint8 else image.shape[1:]
             return image if _inline_work(spec, height, width) else None
-        if len(image) > INLINE_MAX_BYTES:
-            return None
+        if len(image) > INLINE_MAX_BYTES or not _inline_work(spec, 1, 1):
+            return None  # a large file, or a model whose input alone is too big to prepare inline
         probed = probe(image, self.limits, where)
         return image if _inline_work(spec, probed.height, probed.width) else probed
 
