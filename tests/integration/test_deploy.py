@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 
 from featurizer.settings import ENV_PREFIX, Settings, parse_settings
 from tests.support.registries import publish_largenet
+from tests.support.scripts import SYSTEM_PATH, console_script
 from tests.support.servers import ServerThread, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,13 +176,21 @@ def test_dockerfile_is_non_root_pins_the_project_torch_and_checks_grpc_health():
 
 def test_the_image_health_check_command_follows_grpc_health(live_server, tmp_path):
     """The HEALTHCHECK command, pointed at a real server: 0 when SERVING, 1 before models load."""
-    command = [word.replace("127.0.0.1:50051", live_server.target) for word in dockerfile_healthcheck()[1:]]
-    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    def image_command(target: str) -> list[str]:
+        # The image puts its venv's scripts on PATH; here the program comes from the test venv and
+        # PATH holds only system directories, so a copy installed elsewhere cannot stand in for it.
+        program, *args = dockerfile_healthcheck()[1:]
+        return [str(console_script(program)), *(word.replace("127.0.0.1:50051", target) for word in args)]
+
+    def run_check(target: str) -> int:
+        return subprocess.run(image_command(target), capture_output=True, timeout=60,
+                              env={**os.environ, "PATH": SYSTEM_PATH}).returncode
+
+    assert run_check(live_server.target) == 0
     publish_largenet(tmp_path, "largenet")
     loading = ServerThread(tmp_path, load=False)
     try:
-        command = [word.replace("127.0.0.1:50051", loading.target) for word in dockerfile_healthcheck()[1:]]
-        assert subprocess.run(command, capture_output=True, timeout=60).returncode == 1
+        assert run_check(loading.target) == 1
     finally:
         loading.stop()
 
