@@ -12,6 +12,7 @@ from torchvision.models import alexnet as tv_alexnet
 
 from .manifest import InputSpec, Manifest, OutputSpec
 from .registry import Registry
+from .registry_files import make_dirs
 
 log = logging.getLogger(__name__)
 DEMO_SEED = 0
@@ -42,7 +43,7 @@ def init_demo(root: Path, seed: int = DEMO_SEED) -> Registry:
     """Write the demo registry: ``alexnet`` (features, 224x224 -> 9216), aliases, and the
     Fashion-MNIST LargeNet when the dataset is installed."""
     registry = Registry(root)
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)  # 0755 whatever the umask: the server may run as another user
     if not (root / "alexnet").exists():
         registry.publish("alexnet", alexnet_features_manifest(), features_state(seeded_alexnet(seed)), version=1)
     registry.set_alias("alexnet-pool5", "alexnet")

@@ -4,68 +4,32 @@
 new versions are loaded and warmed up off the event loop, changed ones reloaded, removed ones
 drained (requests in flight finish) and closed. Requests resolve ``name[@version]`` or an alias
 here and hold a lease on what they use.
+
+One bad version fails alone (``loading``: whatever its load raises, it is FAILED with a reason).
+Registry reads run on daemon threads with a time bound (``registry_io``), never on the event loop.
+A version already serving keeps its loaded copy when a reload fails because the disk would not
+answer (permission, I/O, a hung mount) or because of a featurizer bug; a reload that reads changed
+files and finds them bad replaces it with the FAILED version, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import AsyncIterator, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Optional
 
-from torch import nn
-
-from .batcher import Batcher
-from .builders import build
 from .device import Device
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .inference import BackboneRunner, FeatureOutput, HeadOutput
-from .manifest import Manifest, ManifestError
+from .loading import ModelVersion, State, VersionLoader
+from .manifest import MANIFEST_FILE, Manifest
 from .metrics import Metrics
 from .registry import Registry, RegistryError, VersionDir, alias_chain
+from .registry_io import BoundedReads
 from .settings import Settings
-from .warmup import check_output, min_side, own_pooling, warm_up
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 60.0
-
-
-class State(str, enum.Enum):
-    LOADING = "LOADING"
-    AVAILABLE = "AVAILABLE"
-    FAILED = "FAILED"
-    UNLOADING = "UNLOADING"
-
-
-@dataclass(eq=False)
-class ModelVersion:
-    """One version of one model, whatever its state."""
-
-    name: str
-    version: int
-    fingerprint: tuple
-    state: State = State.LOADING
-    reason: str = ""
-    manifest: Optional[Manifest] = None
-    runner: Optional[BackboneRunner] = None     # features and classifier models
-    batcher: Optional[Batcher] = None
-    head: Optional[HeadOutput] = None           # head models
-    output_shape: tuple[int, ...] = ()
-    min_side: int = 1
-    leases: int = 0
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def waiting_for_backbone(self) -> bool:
-        return self.state is State.FAILED and self.reason.startswith("backbone ")
 
 
 class ModelManager:
@@ -77,7 +41,10 @@ class ModelManager:
         self.aliases: dict[str, str] = {}
         self.versions: dict[tuple[str, int], ModelVersion] = {}
         self.unloading: list[ModelVersion] = []
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self.reads = BoundedReads(settings.registry_timeout)  # every registry read
+        self.loader = VersionLoader(registry, device, settings, metrics, self.reads,
+                                    lambda model, version: self.versions.get((model, version)))
+        self._unlisted: set[str] = set()
         self._sync_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
@@ -86,7 +53,7 @@ class ModelManager:
         """One reconciliation of memory with disk. A missing registry directory changes nothing."""
         async with self._sync_lock:
             try:
-                scan = await asyncio.get_running_loop().run_in_executor(self._loader, self.registry.scan)
+                scan = await self.reads.call("registry scan", self.registry.scan)
             except (RegistryError, OSError) as error:
                 log.warning("registry scan skipped: %s", error)
                 return
@@ -94,15 +61,37 @@ class ModelManager:
                 log.warning("aliases.json ignored, keeping the previous aliases: %s", scan.alias_error)
             else:
                 self.aliases = dict(scan.aliases)
-            for key in [k for k in self.versions if k not in scan.versions]:
+            for name in set(scan.unlisted) - self._unlisted:
+                log.warning("model %s kept as loaded, its directory cannot be listed: %s", name, scan.unlisted[name])
+            self._unlisted = set(scan.unlisted)
+            for key in [k for k in self.versions if k not in scan.versions and k[0] not in scan.unlisted]:
                 self._start_unload(self.versions.pop(key))
-            todo = [vd for key, vd in scan.versions.items()
-                    if key not in self.versions or self.versions[key].fingerprint != vd.fingerprint
-                    or self.versions[key].waiting_for_backbone]
-            # Backbones before heads, so a new head finds its new backbone.
-            for vd in sorted(todo, key=lambda vd: (self._is_head(vd), vd.model, vd.version)):
-                await self._load(vd)
+            todo = [vd for vd in scan.versions.values() if self._needs_load(vd)]
+            # Manifests first (off the loop, bounded), for the order: backbones before heads, so a
+            # new head finds its new backbone, and heads on heads last, to be FAILED as such.
+            manifests = {(vd.model, vd.version): await self._read_manifest(vd) for vd in todo}
+            for vd in sorted(todo, key=lambda vd: _load_order(vd, manifests)):
+                await self._load(vd, manifests[(vd.model, vd.version)])
             self._fail_orphaned_heads()
+
+    def _needs_load(self, vd: VersionDir) -> bool:
+        mv = self.versions.get((vd.model, vd.version))
+        if mv is None or mv.retry_on_scan:
+            return True
+        if mv.fingerprint == vd.fingerprint:
+            if mv.reload_failed:  # its files are back as they were when loaded
+                mv.reason, mv.reload_failed, mv.reload_retry = "", (), False
+                log.info("model %s: its files are readable again as loaded", mv.key)
+            return False
+        return vd.fingerprint != mv.reload_failed or mv.reload_retry
+
+    async def _read_manifest(self, vd: VersionDir) -> Manifest | Exception:
+        """The version's manifest, or what reading it raised (its load reports that)."""
+        try:
+            return await self.reads.call(f"{vd.model}/{vd.version}/{MANIFEST_FILE}",
+                                         self.registry.manifest, vd.model, vd.version)
+        except Exception as error:  # whatever it is, it fails this version only
+            return error
 
     def _fail_orphaned_heads(self) -> None:
         """A head whose backbone is gone or not AVAILABLE stops serving: FAILED with the reason, and
@@ -117,72 +106,24 @@ class ModelManager:
                 self._publish_state(mv)
                 log.warning("model %s FAILED: %s", mv.key, mv.reason)
 
-    def _is_head(self, vd: VersionDir) -> bool:
-        try:
-            return self.registry.manifest(vd.model, vd.version).kind == "head"
-        except (ManifestError, OSError):
-            return False
-
-    async def _load(self, vd: VersionDir) -> None:
+    async def _load(self, vd: VersionDir, manifest: Manifest | Exception) -> None:
         mv = ModelVersion(vd.model, vd.version, vd.fingerprint)
         previous = self.versions.get((vd.model, vd.version))
         if previous is None:
             self.versions[(vd.model, vd.version)] = mv
         self._publish_state(mv)
-        try:
-            await self._load_into(mv)
-            mv.state = State.AVAILABLE
-            log.info("model %s loaded: kind=%s output=%s", mv.key, mv.manifest.kind, list(mv.output_shape))
-        except (ManifestError, RegistryError, ValueError, RuntimeError, OSError, FailedPrecondition) as error:
-            mv.state, mv.reason = State.FAILED, _short(str(error))
-            self.metrics.load_failures.labels(mv.name).inc()
-            log.warning("model %s FAILED: %s", mv.key, mv.reason)
-        if previous is not None and previous is not mv:
+        await self.loader.load(mv, manifest)
+        if previous is not None:
+            if mv.state is State.FAILED and mv.keep_previous and previous.state is State.AVAILABLE:
+                previous.reason = f"serving the copy loaded earlier; reloading its changed files failed: {mv.reason}"
+                previous.reload_failed, previous.reload_retry = vd.fingerprint, mv.retry
+                log.warning("model %s keeps serving the copy loaded earlier: %s", mv.key, mv.reason)
+                self._publish_state(previous)
+                return
             self.versions[(vd.model, vd.version)] = mv
             if previous.state is not State.FAILED:
                 self._start_unload(previous, replaced=True)
         self._publish_state(mv)
-
-    async def _load_into(self, mv: ModelVersion) -> None:
-        loop = asyncio.get_running_loop()
-        manifest = await loop.run_in_executor(self._loader, self.registry.manifest, mv.name, mv.version)
-        mv.manifest = manifest
-        module = await loop.run_in_executor(self._loader, self._build_module, mv.name, mv.version, manifest)
-        if manifest.kind == "head":
-            await self._attach_head(mv, manifest, module)
-            return
-        mv.runner = BackboneRunner(mv.key, module, self.device, manifest.input,
-                                   observer=self.metrics.model_observer(mv.name, self.device.label))
-        if manifest.input.mode == "native":
-            mv.min_side = await loop.run_in_executor(self.device.executor, min_side, module, self.device)
-        mv.output_shape = await warm_up(mv.runner, manifest, FeatureOutput(None, own_pooling(module)))
-        check_output(manifest, mv.output_shape)
-        mv.batcher = Batcher(
-            mv.runner, name=mv.key,
-            max_batch_size=manifest.batching.max_batch_size or self.settings.max_batch_size,
-            max_delay_s=(manifest.batching.max_delay_ms if manifest.batching.max_delay_ms is not None
-                         else self.settings.max_delay_ms) / 1000.0,
-            max_queue=self.settings.max_queue,
-            max_concurrent_batches=self.settings.max_concurrent_batches or (2 if self.device.type == "cuda" else 1),
-            observer=self.metrics.model_observer(mv.name, self.device.label))
-
-    def _build_module(self, name: str, version: int, manifest: Manifest) -> nn.Module:
-        module = build(manifest.architecture, manifest.params)
-        state = self.registry.load_weights(name, version, manifest)
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ManifestError(f"weights do not fit architecture {manifest.architecture!r}: {error}") from None
-        return self.device.prepare(module)
-
-    async def _attach_head(self, mv: ModelVersion, manifest: Manifest, module: nn.Module) -> None:
-        ref = manifest.backbone
-        backbone = self.versions.get((ref.model, ref.version))
-        if backbone is None or backbone.state is not State.AVAILABLE:
-            raise FailedPrecondition(f"backbone {ref.model}@{ref.version} is not AVAILABLE")
-        mv.head = HeadOutput(mv.key, module)
-        mv.output_shape = await warm_up(backbone.runner, backbone.manifest, mv.head)
-        check_output(manifest, mv.output_shape)
 
     def _start_unload(self, mv: ModelVersion, replaced: bool = False) -> None:
         """Stop routing to ``mv``; close it once its leases are returned (in-flight calls finish)."""
@@ -288,12 +229,17 @@ class ModelManager:
                 await mv.batcher.close()
         for task in list(self._tasks):
             task.cancel()
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        self.loader.close()
 
 
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _load_order(vd: VersionDir, manifests: dict[tuple[str, int], Manifest | Exception]) -> tuple:
+    """Sort key: not heads (or unreadable) first, then heads, then heads whose backbone is a head."""
+    manifest = manifests[(vd.model, vd.version)]
+    depth = 0
+    if isinstance(manifest, Manifest) and manifest.kind == "head":
+        backbone = manifests.get((manifest.backbone.model, manifest.backbone.version))
+        depth = 2 if isinstance(backbone, Manifest) and backbone.kind == "head" else 1
+    return depth, vd.model, vd.version
 
 
 def _quote(text: str) -> str:

@@ -2,6 +2,10 @@
 
 This module knows the layout and nothing about serving: scanning, aliases, integrity and atomic
 publishing. ``models.py`` turns a scan into loaded, servable versions.
+
+Every file read from a registry goes through ``Registry.read_file`` (``registry_files``: confined
+to the root, regular files only, errors named relative to the root), and everything published is
+world-readable whatever the umask.
 """
 
 from __future__ import annotations
@@ -16,21 +20,19 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
-from .manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from .manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
+from .registry_files import (DIR_MODE, FILE_MODE, RegistryError, UnreadableError, make_dirs, open_confined,
+                             read_confined, sha256_stream)
 
 ALIASES_FILE = "aliases.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_ALIAS_HOPS = 8
-
-
-class RegistryError(ValueError):
-    """A registry problem with a message fit for an operator (names the file and the fault)."""
 
 
 def valid_name(name: str) -> bool:
@@ -53,6 +55,9 @@ class Scan:
     versions: Mapping[tuple[str, int], VersionDir] = field(default_factory=dict)
     aliases: Mapping[str, str] = field(default_factory=dict)
     alias_error: str = ""
+    # Model directories that could not be listed (name -> reason): their versions are unknown this
+    # time, not removed, so a server keeps whatever it has of them.
+    unlisted: Mapping[str, str] = field(default_factory=dict)
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -76,12 +81,18 @@ class Registry:
         """Every published version and the aliases. Hidden and temporary directories are skipped,
         so a version being written (``.tmp-*``) is never seen before its rename."""
         versions: dict[tuple[str, int], VersionDir] = {}
+        unlisted: dict[str, str] = {}
         if not self.root.is_dir():
             raise RegistryError(f"registry directory {self.root} does not exist")
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or not valid_name(model_dir.name):
                 continue
-            for version_dir in model_dir.iterdir():
+            try:
+                children = list(model_dir.iterdir())
+            except OSError as error:
+                unlisted[model_dir.name] = f"{model_dir.name}/: unlistable ({error.strerror or error})"
+                continue
+            for version_dir in children:
                 version = parse_version(version_dir.name)
                 if version is None or not version_dir.is_dir():
                     continue
@@ -91,15 +102,24 @@ class Registry:
                     fingerprint = (repr(error),)
                 versions[(model_dir.name, version)] = VersionDir(model_dir.name, version, version_dir, fingerprint)
         aliases, alias_error = self._read_aliases()
-        return Scan(versions=versions, aliases=aliases, alias_error=alias_error)
+        return Scan(versions=versions, aliases=aliases, alias_error=alias_error, unlisted=unlisted)
+
+    def open_file(self, relative: str) -> BinaryIO:
+        """``<root>/<relative>`` opened for reading: see ``registry_files.open_confined``."""
+        return open_confined(self.root, relative)
+
+    def read_file(self, relative: str) -> bytes:
+        """All the bytes of ``<root>/<relative>``, under the same rules as ``open_file``."""
+        return read_confined(self.root, relative)
 
     def _read_aliases(self) -> tuple[dict[str, str], str]:
-        path = self.root / ALIASES_FILE
-        if not path.exists():
-            return {}, ""
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raw = json.loads(self.read_file(ALIASES_FILE).decode("utf-8"))
+        except UnreadableError as error:
+            return ({}, "") if error.errno == errno.ENOENT else ({}, str(error))
+        except RegistryError as error:
+            return {}, str(error)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             return {}, f"{ALIASES_FILE}: unreadable ({error})"
         if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
             return {}, f"{ALIASES_FILE}: must map alias names to 'model[@version]' strings"
@@ -109,19 +129,25 @@ class Registry:
         return dict(raw), ""
 
     def manifest(self, model: str, version: int) -> Manifest:
-        return load_manifest(self.root / model / str(version) / MANIFEST_FILE, where=f"{model}/{version}/{MANIFEST_FILE}")
+        """The parsed ``model.json``. Raises ManifestError (missing, bad JSON, a broken rule) or
+        RegistryError (unreadable, outside the root)."""
+        where = f"{model}/{version}/{MANIFEST_FILE}"
+        try:
+            data = self.read_file(where)
+        except UnreadableError as error:
+            if error.errno == errno.ENOENT:
+                raise ManifestError(f"{where}: missing") from None
+            raise
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ManifestError(f"{where}: not valid JSON ({error})") from None
+        return parse_manifest(raw, where)
 
     def load_weights(self, model: str, version: int, manifest: Manifest) -> dict[str, torch.Tensor]:
         """Check the sha256 and load with safetensors (never pickle). Raises RegistryError."""
         where = f"{model}/{version}/{manifest.weights.file}"
-        path = self.root / model / str(version) / manifest.weights.file
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root.resolve()):
-            raise RegistryError(f"{where}: resolves outside the registry root")
-        try:
-            data = resolved.read_bytes()  # read once: the bytes hashed are the bytes loaded
-        except OSError as error:
-            raise RegistryError(f"{where}: unreadable ({error.strerror or error})") from None
+        data = self.read_file(where)  # read once: the bytes hashed are the bytes loaded
         digest = hashlib.sha256(data).hexdigest()
         if digest != manifest.weights.sha256:
             raise RegistryError(f"{where}: sha256 mismatch (manifest {manifest.weights.sha256[:12]}..., file {digest[:12]}...)")
@@ -138,10 +164,11 @@ class Registry:
             try:
                 manifest = self.manifest(model, version)
                 path = self.root / model / str(version) / manifest.weights.file
-                digest = sha256_file(path)
+                with self.open_file(f"{model}/{version}/{manifest.weights.file}") as handle:
+                    digest = sha256_stream(handle)
                 if digest != manifest.weights.sha256:
                     problems.append(f"{path}: sha256 {digest} does not match the manifest's {manifest.weights.sha256}")
-            except (ManifestError, OSError) as error:
+            except (ManifestError, RegistryError, OSError) as error:
                 problems.append(f"{model}/{version}: {error}")
         if scan.alias_error:
             problems.append(scan.alias_error)
@@ -178,7 +205,7 @@ class Registry:
         if not valid_name(model):
             raise RegistryError(f"invalid model name {model!r}")
         model_dir = self.root / model
-        model_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(model_dir)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
@@ -188,6 +215,10 @@ class Registry:
             (tmp / MANIFEST_FILE).write_text(final.to_json(), encoding="utf-8")
             for name, data in (extra_files or {}).items():
                 (tmp / name).write_bytes(data)
+            # safetensors writes 0600 and the umask may be 077: set the modes, never inherit them.
+            for child in tmp.iterdir():
+                os.chmod(child, FILE_MODE)
+            os.chmod(tmp, DIR_MODE)
             return self._rename_into_place(tmp, model_dir, version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -218,6 +249,7 @@ class Registry:
         alias_chain(aliases, name)  # refuse to write a cycle
         tmp = self.root / f".{ALIASES_FILE}.{uuid.uuid4().hex}"
         tmp.write_text(json.dumps(aliases, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, self.root / ALIASES_FILE)
 
 
@@ -255,8 +287,5 @@ def alias_chain(aliases: Mapping[str, str], name: str) -> tuple[str, int]:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(handle)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
@@ -79,3 +81,21 @@ def save_torchvision_state_dict(path: Path, seed: int = 0) -> Path:
     """``torch.save`` of a seeded torchvision AlexNet state dict, as a user would save real weights."""
     torch.save(seeded_alexnet(seed).state_dict(), path)
     return path
+
+
+def place_version(root: Path, model: str, version: int, build: Callable[[Path], None]) -> Path:
+    """A version directory made by ``build(directory)`` in a hidden temporary directory of the model,
+    then renamed into place whole, as a publisher does (a scan never sees it half made)."""
+    (root / model).mkdir(parents=True, exist_ok=True)
+    scratch = root / model / f".tmp-test-{version}"
+    scratch.mkdir()
+    build(scratch)
+    return scratch.rename(root / model / str(version))
+
+
+def copy_version_files(source: Path) -> Callable[[Path], None]:
+    """A ``place_version`` builder copying ``source``'s model.json and weights (same sha256)."""
+    def build(directory: Path) -> None:
+        for name in ("model.json", "weights.safetensors"):
+            shutil.copyfile(source / name, directory / name)
+    return build
