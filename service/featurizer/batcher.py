@@ -4,7 +4,9 @@ One ``Batcher`` per backbone version. Callers ``submit`` items (one per image); 
 task owns the queue and starts a batch as soon as the device has a free slot, with whatever is
 queued (up to ``max_batch_size``), so a lone caller never waits for a timer, and while a batch
 runs the next one fills up (continuous batching). With more than one slot, a batch that is not
-full waits at most ``max_delay`` for company. Admission is bounded by ``max_queue``.
+full waits at most ``max_delay`` for company. Admission is bounded by ``max_queue``: images
+queued plus images a caller is still preparing (``admit`` claims their room before decoding, so
+an overloaded model refuses a request without decoding its images).
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ class _Pending(Generic[T]):
     enqueued: float
 
 
+class Admission:
+    """Queue room claimed for a request's images while they are prepared (``Batcher.admit``).
+    ``submit`` consumes it; ``release`` gives back what is left (idempotent: call it in ``finally``)."""
+
+    def __init__(self, batcher: "Batcher", count: int) -> None:
+        self._batcher = batcher
+        self.count = count
+
+    def release(self) -> None:
+        if self.count:
+            self._batcher._reserved -= self.count
+            self.count = 0
+
+
 class Batcher(Generic[T, R]):
     """Groups items of many callers into batches for ``execute(items) -> results`` (same length)."""
 
@@ -61,6 +77,7 @@ class Batcher(Generic[T, R]):
         self._execute = execute
         self._observer = observer or _NullObserver()
         self._queue: deque[_Pending[T]] = deque()
+        self._reserved = 0  # images admitted but still being prepared
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._running = 0
         self._wakeup = asyncio.Event()
@@ -88,19 +105,24 @@ class Batcher(Generic[T, R]):
             self._closed = True
             self._fail_queued(InferenceFailed(f"the batcher of model {self.name} stopped; the server log has details"))
 
-    async def submit(self, items: Sequence[T], *, deadline: Optional[float] = None) -> list[R]:
+    def admit(self, count: int) -> Admission:
+        """Claim queue room for ``count`` images before they are decoded; raises Overloaded (or
+        Unavailable) at once, before any work is spent on the request."""
+        self._check_room(count)
+        self._reserved += count
+        return Admission(self, count)
+
+    async def submit(self, items: Sequence[T], *, deadline: Optional[float] = None,
+                     admission: Optional[Admission] = None) -> list[R]:
         """Queue the items (one per image) and wait for their results, in order.
 
-        Raises Overloaded at once when the queue is full; cancelling the caller cancels its
-        queued items, which are then skipped, not computed."""
-        if self._closed:
-            raise Unavailable(f"model {self.name} is unloading; retry")
-        if len(self._queue) + len(items) > self.max_queue:
-            self._purge_departed()
-        if len(self._queue) + len(items) > self.max_queue:
-            self._observer.on_drop("overload", len(items))
-            raise Overloaded(f"model {self.name} is overloaded: {len(self._queue)} images queued, "
-                             f"limit {self.max_queue}; retry later")
+        Raises Overloaded at once when the queue is full (unless ``admission`` already holds room
+        for them); cancelling the caller cancels its queued items, which are then skipped, not computed."""
+        admitted = admission is not None and admission.count >= len(items)
+        if admission is not None:
+            admission.release()  # its room becomes queue entries below, in the same step
+        if self._closed or not admitted:
+            self._check_room(len(items))
         loop = asyncio.get_running_loop()
         now = loop.time()
         pending = [_Pending(item, loop.create_future(), deadline, now) for item in items]
@@ -117,6 +139,16 @@ class Batcher(Generic[T, R]):
                 if not p.future.done():
                     p.future.cancel()
             raise
+
+    def _check_room(self, count: int) -> None:
+        if self._closed:
+            raise Unavailable(f"model {self.name} is unloading; retry")
+        if len(self._queue) + self._reserved + count > self.max_queue:
+            self._purge_departed()
+        if len(self._queue) + self._reserved + count > self.max_queue:
+            self._observer.on_drop("overload", count)
+            raise Overloaded(f"model {self.name} is overloaded: {len(self._queue)} images queued, "
+                             f"{self._reserved} being prepared, limit {self.max_queue}; retry later")
 
     async def _run(self) -> None:
         while True:

@@ -63,7 +63,7 @@ class Engine:
         output = self._embed_output(mv, options)
         async with self.manager.lease(mv, backbone):
             rows = await self._run(backbone, mv.name, images, (output,), deadline)
-        array = _finish(np.stack([r[0] for r in rows]), options)
+        array = _finish(_stack(rows, 0), options)
         self.metrics.images.labels(mv.name).inc(len(images))
         return Embeddings(mv.name, mv.version, array)
 
@@ -82,11 +82,11 @@ class Engine:
             outputs += (self._embed_output(backbone, features),)
         async with self.manager.lease(mv, backbone):
             rows = await self._run(backbone, mv.name, images, outputs, deadline)
-        logits = np.stack([r[0] for r in rows]).astype(np.float32)
+        logits = _stack(rows, 0).astype(np.float32)
         top, positive = _rank(logits, labels, k)
         feats = None
         if features is not None:
-            feats = Embeddings(backbone.name, backbone.version, _finish(np.stack([r[1] for r in rows]), features))
+            feats = Embeddings(backbone.name, backbone.version, _finish(_stack(rows, 1), features))
         self.metrics.images.labels(mv.name).inc(len(images))
         return Predictions(mv.name, mv.version, top, positive, feats)
 
@@ -118,10 +118,22 @@ class Engine:
     async def _run(self, backbone: ModelVersion, model: str, images: Sequence[RawImage],
                    outputs: tuple[Output, ...], deadline: Optional[float]) -> list[tuple[torch.Tensor, ...]]:
         self._check_count(images)
+        spec = backbone.manifest.input
         started = time.perf_counter()
-        tensors = await self.preparer.prepare(images, backbone.manifest.input, backbone.min_side, backbone.batcher.idle)
-        self.metrics.preprocess.labels(model).observe(time.perf_counter() - started)
-        return await backbone.batcher.submit([Item(t, outputs) for t in tensors], deadline=deadline)
+        plan = self.preparer.plan(images, spec)  # headers only: bad input is refused before overload
+        # Admission before decoding: a refused request costs nothing, and images being prepared
+        # count against --max-queue (otherwise refusals take as long as successes under load).
+        admission = backbone.batcher.admit(len(images))
+        try:
+            tensors = await self.preparer.run(plan, spec, backbone.min_side, backbone.batcher.idle, deadline)
+            self.metrics.preprocess.labels(model).observe(time.perf_counter() - started)
+            _check_one_size(backbone, tensors, outputs)
+            rows = await backbone.batcher.submit([Item(t, outputs) for t in tensors], deadline=deadline,
+                                                 admission=admission)
+        finally:
+            admission.release()  # a no-op once submit took it
+        _check_finite(rows)
+        return rows
 
     def _check_count(self, images: Sequence[RawImage]) -> None:
         if not images:
@@ -131,13 +143,67 @@ class Engine:
                                   f"{self.settings.max_images_per_request} per request")
 
 
+def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], outputs: tuple[Output, ...]) -> None:
+    """Refuse, before the forward pass, native-size images of different sizes whose rows would
+    differ in length: the response holds one tensor for all rows."""
+    sizes = [tuple(t.shape[1:]) for t in tensors]
+    if backbone.manifest.input.mode != "native" or len(set(sizes)) < 2:
+        return
+    varying = [o for o in outputs if isinstance(o, FeatureOutput) and _size_dependent(backbone, o)]
+    if not varying:
+        return
+    other = next(i for i, size in enumerate(sizes) if size != sizes[0])
+    (h0, w0), (h1, w1) = sizes[0], sizes[other]
+    raise InvalidArgument(
+        f"images[0] is {w0}x{h0} and images[{other}] is {w1}x{h1}: model {backbone.name} takes images at their "
+        f"own size (input mode native), so pooling {varying[0].pooling!r} gives rows of different shapes, which "
+        f"one response tensor cannot hold; use pooling avg or max, or send images of one size per request")
+
+
+def _size_dependent(backbone: ModelVersion, output: FeatureOutput) -> bool:
+    """Whether this output's per-image shape follows the input size on a native-size model."""
+    if output.pooling not in ("none", "flatten"):
+        return False  # global avg/max pooling: [C] whatever the size
+    if hasattr(backbone.runner.module, "forward_taps"):
+        return True  # a layered conv stack: every layer's map follows the input
+    return -1 in backbone.output_shape  # the module's own output: as warm-up measured at two sizes
+
+
+def _check_finite(rows: Sequence[tuple[torch.Tensor, ...]]) -> None:
+    """NaN or Inf in an answer is an error, never an OK: finite inputs (a float32 tensor of 3e38)
+    can overflow inside the model."""
+    for i, row in enumerate(rows):
+        if not all(bool(torch.isfinite(t).all()) for t in row):
+            raise InvalidArgument(
+                f"images[{i}]: the model's output for this image is not finite (NaN or Inf): its values overflow "
+                f"the model's arithmetic; send pixels (uint8) or float32 tensors preprocessed to the model's range")
+
+
+def _stack(rows: Sequence[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
+    """Output ``k`` of every row as one array; rows of different shapes are refused, not a crash
+    (``_check_one_size`` refuses the known case before the forward pass)."""
+    shapes = {tuple(r[k].shape) for r in rows}
+    if len(shapes) > 1:
+        raise InvalidArgument(f"images: the rows have different shapes ({', '.join(str(list(s)) for s in sorted(shapes))}) "
+                              f"and one response tensor cannot hold them; send images of one size per request")
+    return np.stack([r[k] for r in rows])
+
+
 def _finish(array: np.ndarray, options: EmbedOptions) -> np.ndarray:
     array = array.astype(np.float32, copy=False)
     if options.normalize:
         flat = array.reshape(len(array), -1)
-        norms = np.linalg.norm(flat, axis=1, keepdims=True)
-        array = (flat / np.where(norms == 0, 1, norms)).reshape(array.shape)
-    return array.astype(np.float16) if options.dtype == "float16" else array
+        norms = np.linalg.norm(flat.astype(np.float64), axis=1, keepdims=True)  # float32 squares overflow
+        array = (flat / np.where(norms == 0, 1, norms)).astype(np.float32).reshape(array.shape)
+    if options.dtype != "float16":
+        return array
+    with np.errstate(over="ignore"):  # an overflow is refused just below, with the image's index
+        half = array.astype(np.float16)
+    finite = np.isfinite(half.reshape(len(half), -1)).all(axis=1)
+    if not finite.all():
+        raise InvalidArgument(f"images[{int(np.argmin(finite))}]: features exceed the float16 range (±65504); "
+                              f"use output_dtype float32")
+    return half
 
 
 def _top_k(top_k: int, classes: int) -> int:

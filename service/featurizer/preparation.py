@@ -11,6 +11,16 @@ keeps serving. Two cases are better served otherwise:
 - **A lone image** (nothing else being prepared, its model's batcher idle) gets every intra-op
   thread for its resize instead of one: under load one thread per image is right, but a lone
   caller would otherwise wait on one core while the others idle.
+
+Two rules keep one caller from starving the others on the pool: a request has at most ``workers``
+images on the pool at a time (its next image queues behind images other callers sent meanwhile,
+so a 256-image request does not hold a one-image caller for 256 decodes), and an image whose
+caller's deadline has passed when a worker picks it up is not decoded. How long one image can
+take is bounded by ``preprocessing.probe`` (pixels, bytes, JPEG scans).
+
+``plan`` (headers only) and ``run`` (decoding) are separate steps so that the engine admits a
+request to its model's queue between them: bad headers are refused first, overload before any
+decoding.
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
 from .device import per_thread_intra_op, single_threaded_worker
-from .errors import InvalidArgument
+from .errors import DeadlineExceeded, InvalidArgument
 from .manifest import InputSpec
 from .preprocessing import (ImageLimits, Probe, decode_probed, from_float_chw, from_uint8_hwc, min_side_ok,
                             probe, resize_for)
@@ -34,11 +45,21 @@ INLINE_MAX_BYTES = 16 * 1024       # larger files are not even probed on the loo
 INLINE_MAX_PIXELS = 128 * 128      # decoded and resized pixels allowed on the loop per image
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A request's images, each to be prepared inline or on the pool (``Preparer.plan``)."""
+
+    count: int
+    inline: list[tuple[int, RawImage]]
+    deferred: list[tuple[int, Union[RawImage, Probe]]]
+
+
 class Preparer:
     """Turns request images into the backbone's uint8 (or float) CHW tensors."""
 
     def __init__(self, limits: ImageLimits, workers: int, all_threads: int) -> None:
         self.limits = limits
+        self.workers = workers
         self.all_threads = all_threads
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess",
                                         initializer=single_threaded_worker)  # parallel across images, not within one
@@ -48,9 +69,15 @@ class Preparer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def prepare(self, images: Sequence[RawImage], spec: InputSpec, min_side: int,
-                      device_idle: bool) -> list[torch.Tensor]:
-        """One tensor per image, in order. ``device_idle``: the model has nothing queued or running."""
-        tensors: list[Optional[torch.Tensor]] = [None] * len(images)
+                      device_idle: bool, deadline: Optional[float] = None) -> list[torch.Tensor]:
+        """One tensor per image, in order: ``plan`` then ``run``."""
+        return await self.run(self.plan(images, spec), spec, min_side, device_idle, deadline)
+
+    def plan(self, images: Sequence[RawImage], spec: InputSpec) -> Plan:
+        """Where each image will be prepared, from headers alone (small files only: larger ones are
+        not read on the loop). Decodes nothing, so a caller can be admitted (or refused) between
+        ``plan`` and ``run``; refuses what a header already shows is bad (InvalidArgument)."""
+        inline: list[tuple[int, RawImage]] = []
         deferred: list[tuple[int, Union[RawImage, Probe]]] = []
         for i, image in enumerate(images):
             small = self._small(image, spec, f"images[{i}]")
@@ -59,15 +86,36 @@ class Preparer:
             elif isinstance(small, Probe):
                 deferred.append((i, small))
             else:
-                tensors[i] = self._prepare(small, spec, min_side, i)
+                inline.append((i, small))
+        return Plan(len(images), inline, deferred)
+
+    async def run(self, plan: Plan, spec: InputSpec, min_side: int, device_idle: bool,
+                  deadline: Optional[float] = None) -> list[torch.Tensor]:
+        """Decode and resize the planned images. ``device_idle``: the model has nothing queued or
+        running. ``deadline`` (event-loop clock): images still waiting for a worker then are not decoded."""
+        tensors: list[Optional[torch.Tensor]] = [None] * plan.count
+        for i, image in plan.inline:
+            tensors[i] = self._prepare(image, spec, min_side, i)
+        deferred = plan.deferred
         if deferred:
             alone = len(deferred) == 1 and self._on_pool == 0 and device_idle and per_thread_intra_op()
             threads = self.all_threads if alone else 1
             loop = asyncio.get_running_loop()
+            turns = asyncio.Semaphore(self.workers)  # this request's images on the pool at once
+
+            async def on_pool(i: int, image: Union[RawImage, Probe]) -> torch.Tensor:
+                async with turns:
+                    return await loop.run_in_executor(self._pool, self._prepare_on_pool, image, spec, min_side, i,
+                                                      threads, loop.time, deadline)
+
             self._on_pool += len(deferred)
+            tasks = [asyncio.ensure_future(on_pool(i, image)) for i, image in deferred]
             try:
-                done = await asyncio.gather(*(loop.run_in_executor(
-                    self._pool, self._prepare_on_pool, image, spec, min_side, i, threads) for i, image in deferred))
+                done = await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:  # one image failed or the caller left: the rest are not wanted
+                    task.cancel()
+                raise
             finally:
                 self._on_pool -= len(deferred)
             for (i, _), tensor in zip(deferred, done):
@@ -82,13 +130,17 @@ class Preparer:
                 return image  # malformed: refused inline with a clear message, at no cost
             height, width = image.shape[:2] if image.dtype == np.uint8 else image.shape[1:]
             return image if _inline_work(spec, height, width) else None
-        if len(image) > INLINE_MAX_BYTES or not _inline_work(spec, 1, 1):
-            return None  # a large file, or a model whose input alone is too big to prepare inline
+        if len(image) > INLINE_MAX_BYTES:
+            return None  # a large file: its header is read on the pool
+        # Header only (tens of microseconds), even for a model that never prepares inline: a bad
+        # small file is refused here, before admission, so overload does not mask a bad request.
         probed = probe(image, self.limits, where)
         return image if _inline_work(spec, probed.height, probed.width) else probed
 
     def _prepare_on_pool(self, image: Union[RawImage, Probe], spec: InputSpec, min_side: int, index: int,
-                         threads: int) -> torch.Tensor:
+                         threads: int, clock: Callable[[], float], deadline: Optional[float]) -> torch.Tensor:
+        if deadline is not None and clock() >= deadline:  # the caller has gone: decode nothing for it
+            raise DeadlineExceeded(f"images[{index}]: the deadline passed before this image was decoded")
         if per_thread_intra_op():
             torch.set_num_threads(threads)
         return self._prepare(image, spec, min_side, index)

@@ -8,6 +8,7 @@ preset); scaling to [0, 1] and mean/std normalisation happen later, on the devic
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,12 @@ _SIGNATURES = (
     (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
 )
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF"
+# A progressive JPEG's decoder reworks the whole coefficient buffer once per scan: a 6000x6000
+# file whose empty last scan is repeated 30,000 times took 11-16 s to decode; on the shared test
+# machine each repeat of a 6000x6000 scan costs ~25 ms (256 scans: 6.5 s). Real files have
+# 1 (baseline) to about 10 (libjpeg's progressive script) scans; 64 bounds the worst to ~1.6 s.
+MAX_JPEG_SCANS = 64
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # 0xFF then neither stuffing, RSTn nor fill
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,40 @@ def probe(data: bytes, limits: ImageLimits, where: str = "image") -> Probe:
         raise InvalidArgument(f"{where}: cannot decode {kind} data ({type(error).__name__})") from None
     width, height = pil.size
     _check_pixels(width, height, limits, where)
+    if kind == "JPEG":
+        scans = jpeg_scans(data, MAX_JPEG_SCANS)
+        if scans > MAX_JPEG_SCANS:
+            raise InvalidArgument(f"{where}: JPEG has more than {MAX_JPEG_SCANS} scans (the limit, to bound "
+                                  f"decoding work); re-encode it")
     return Probe(kind, width, height, pil, data)
+
+
+def jpeg_scans(data: bytes, stop: int) -> int:
+    """Start-of-scan (0xFFDA) markers of a JPEG, counting stops past ``stop``.
+
+    Walks the marker segments, skipping each by its length (so bytes inside APPn/COM payloads such
+    as an EXIF thumbnail do not count), and jumps over entropy-coded data to the next marker: there
+    a 0xFF byte is always stuffed (0xFF00), a restart marker or fill, so the count is exact. The
+    jumps are regex searches: about a millisecond for a megabyte."""
+    count, pos, end = 0, 2, len(data)
+    while pos + 1 < end:
+        marker = data[pos + 1]
+        if data[pos] != 0xFF or marker in (0x00, 0xFF) or 0xD0 <= marker <= 0xD7:
+            found = _MARKER_AFTER_SCAN.search(data, pos)  # inside a scan's entropy-coded data
+            if found is None:
+                break
+            pos = found.start()
+        elif marker == 0xD9:  # EOI
+            break
+        elif marker in (0x01, 0xD8):  # TEM, SOI: markers without a length
+            pos += 2
+        else:
+            if marker == 0xDA:
+                count += 1
+                if count > stop:
+                    break
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return count
 
 
 def decode_probed(image: Probe, where: str = "image") -> torch.Tensor:
@@ -108,14 +148,48 @@ def _decode_jpeg(data: bytes, where: str) -> torch.Tensor:
 
 def _decode_pil(pil: Image.Image) -> torch.Tensor:
     pil.seek(0)  # first frame of GIFs, first page of TIFFs
+    maximum = _integer_white(pil)  # read before exif_transpose, which returns a copy without tags
     pil = ImageOps.exif_transpose(pil)
-    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(pil, dtype=np.uint32)
-        scale = 65535 if array.max(initial=0) > 255 else 255
-        array = (array * 255 // scale).astype(np.uint8)
+    if maximum is not None:
+        array = np.asarray(pil)
+        if maximum == 2**32 - 1 and array.dtype == np.int32:
+            array = array.view(np.uint32)  # Pillow holds unsigned 32-bit samples in a signed int32
+        array = np.clip(array.astype(np.int64), 0, maximum)  # negatives of signed data are black
+        array = ((array * 255 + maximum // 2) // maximum).astype(np.uint8)  # rounded, exact for v * 257
         pil = Image.fromarray(array, mode="L")
     rgb = np.asarray(pil.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def _integer_white(pil: Image.Image) -> int | None:
+    """The sample value that means white for a greyscale image of more than 8 bits (None for the
+    8-bit modes Pillow converts itself), from the format's declared bit depth, never from the
+    data: a dark 16-bit image (samples 0..255 of 65535) must stay dark.
+
+    Pillow 13 opens 16-bit greyscale PNG and TIFF as ``I;16``/``I;16B`` (unsigned 16-bit), and
+    32-bit integer TIFF (and 16-bit signed TIFF) as ``I`` with the file's BitsPerSample and
+    SampleFormat in its tags."""
+    if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return 2**16 - 1
+    if pil.mode == "I;16S":
+        return 2**15 - 1
+    if pil.mode != "I":
+        return None
+    tags = getattr(pil, "tag_v2", None)
+    bits, sample_format = 32, 2  # mode I itself: 32-bit signed
+    if tags is not None:
+        bits = int(_first(tags.get(258), 32))
+        sample_format = int(_first(tags.get(339), 1))  # TIFF's default SampleFormat: unsigned
+    if not 1 <= bits <= 32:
+        bits = 32
+    return 2 ** (bits - 1) - 1 if sample_format == 2 else 2**bits - 1
+
+
+def _first(value, default):
+    """A TIFF tag's first value (tags holding one value per sample come as tuples)."""
+    if isinstance(value, tuple):
+        return value[0] if value else default
+    return default if value is None else value
 
 
 def from_uint8_hwc(array: np.ndarray, limits: ImageLimits, where: str = "image") -> torch.Tensor:
