@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
@@ -9,13 +10,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .channel import Connection, RetryPolicy, Tls
+from .channel import DEFAULT_CONNECT_TIMEOUT_S, Connection, Reach, RetryPolicy, Tls, default_target
 from .chunking import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, Progress, chunks, concat_rows, ordered_calls_async, plan
 from .client import DEFAULT_TIMEOUT_S
 from .errors import FeaturizerError
 from .inputs import ImageLike
 from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
-                       embeddings_of, model_of, models_of, predict_request, predictions_of)
+                       embeddings_of, health_error, model_of, models_of, predict_request, predictions_of)
 from .v1 import featurizer_pb2 as pb
 from .v1 import featurizer_pb2_grpc as pb_grpc
 
@@ -26,14 +27,17 @@ class AsyncFeaturizerClient:
     Takes the same arguments as ``FeaturizerClient``. Create it inside the running event loop.
     """
 
-    def __init__(self, target: str, *, timeout: Optional[float] = DEFAULT_TIMEOUT_S, tls: Optional[Tls] = None,
-                 token: Optional[str] = None, retry: Optional[RetryPolicy] = RetryPolicy(),
-                 load_balancing: str = "round_robin", wait_for_ready: bool = True,
+    def __init__(self, target: Optional[str] = None, *, timeout: Optional[float] = DEFAULT_TIMEOUT_S,
+                 tls: Optional[Tls] = None, token: Optional[str] = None,
+                 retry: Optional[RetryPolicy] = RetryPolicy(), load_balancing: str = "round_robin",
+                 wait_for_ready: bool = True, connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT_S,
                  channel: Optional[grpc.aio.Channel] = None) -> None:
-        self.connection = Connection(target, tls, token, retry, load_balancing, wait_for_ready)
-        self.target = target
+        self.connection = Connection(target or default_target(), tls, token, retry, load_balancing, wait_for_ready,
+                                     connect_timeout)
+        self.target = self.connection.target
         self.timeout = timeout
         self._channel = channel or self.connection.aio_channel()
+        self._reach = Reach(self.connection)
         self._stub = pb_grpc.FeaturizerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -84,13 +88,31 @@ class AsyncFeaturizerClient:
         return model_of(await self._call(self._stub.GetModel, pb.GetModelRequest(model=model), timeout))
 
     async def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
-        """SERVING, NOT_SERVING or SERVICE_UNKNOWN; see ``FeaturizerClient.health``."""
-        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        """SERVING or NOT_SERVING; see ``FeaturizerClient.health``."""
+        try:
+            response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        except FeaturizerError as error:
+            raise health_error(error, service) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def _call(self, method: Callable, request: Any, timeout: Optional[float]) -> Any:
+        remaining = await self._connected(self.timeout if timeout is None else timeout)
         try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout,
-                                metadata=self.connection.metadata(), wait_for_ready=self.connection.wait_for_ready)
+            return await method(request, timeout=remaining, metadata=self.connection.metadata(),
+                                wait_for_ready=self.connection.wait_for_ready)
         except grpc.RpcError as error:
-            raise FeaturizerError.from_rpc_error(error) from None
+            raise self._reach.failure(FeaturizerError.from_rpc_error(error), self._channel.get_state()) from None
+
+    async def _connected(self, timeout: Optional[float]) -> Optional[float]:
+        """Wait for a first connection if ``Reach`` says so; see ``FeaturizerClient._connected``."""
+        if not self._reach.must_wait(self._channel.get_state()):
+            return timeout
+        window = self._reach.window(timeout)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), window)  # channel_ready() also dials
+        except asyncio.TimeoutError:
+            raise self._reach.timed_out(timeout, window) from None
+        self._reach.connected()
+        return None if timeout is None else max(timeout - (loop.time() - start), 0.0)

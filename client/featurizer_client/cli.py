@@ -1,14 +1,14 @@
 """featurizer-client: embed, predict, list models and check health from a shell.
 
-Exit status: 0 on success; 1 when the server refused (its status and message go to stderr) or
-health is not SERVING; 2 for bad command-line arguments.
+Exit status: 0 on success; 1 when the server refused or cannot be reached (the status and message
+go to stderr) or health is not SERVING; 2 for bad command-line arguments (a --batch-size below 1,
+an image path that matches no file, ...).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +17,14 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from .channel import Tls, read_token
+from .channel import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TARGET, TARGET_ENV, Tls, default_target, read_token
 from .client import FeaturizerClient
 from .errors import FeaturizerError
 from .messages import ModelInfo, Prediction
 
-DEFAULT_TARGET = "localhost:50051"
+
+class UsageError(Exception):
+    """A bad command-line argument found after parsing (exit status 2, like argparse's own)."""
 
 
 def _client(args: argparse.Namespace, wait_for_ready: bool = True) -> FeaturizerClient:
@@ -30,13 +32,29 @@ def _client(args: argparse.Namespace, wait_for_ready: bool = True) -> Featurizer
     if args.tls_ca or args.tls_cert or args.tls_server_name:
         tls = Tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
     token = read_token(args.token_file) if args.token_file else None
-    return FeaturizerClient(args.target, timeout=args.timeout, tls=tls, token=token, wait_for_ready=wait_for_ready)
+    return FeaturizerClient(args.target, timeout=args.timeout, tls=tls, token=token, wait_for_ready=wait_for_ready,
+                            connect_timeout=args.connect_timeout)
+
+
+def _image_paths(args: argparse.Namespace) -> list[Path]:
+    """The image files the arguments name, before any connection: a path or pattern that matches
+    nothing is a usage error, not a failed call."""
+    from .inputs import IMAGE_SUFFIXES, expand_inputs
+
+    try:
+        paths = [Path(p) for p in expand_inputs(args.images)]
+    except FileNotFoundError as error:
+        raise UsageError(f"images: {error}") from None
+    if not paths:
+        raise UsageError(f"images: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(args.images)}")
+    return paths
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    paths = _image_paths(args)
     with _client(args) as client:
-        X = client.embed(args.images, model=args.model, version=args.version, layer=args.layer,
-                         pooling=args.pooling, normalize=args.normalize, batch_size=args.batch_size,
+        X = client.embed(paths, model=args.model, version=args.version, layer=args.layer,
+                         pooling=args.pooling or "", normalize=args.normalize, batch_size=args.batch_size,
                          max_in_flight=args.max_in_flight, progress=args.progress)
     np.save(args.output, X)
     print(f"wrote {list(X.shape)} {X.dtype} to {args.output}", file=sys.stderr)
@@ -44,9 +62,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inputs import expand_inputs
-
-    names = [str(p) for p in expand_inputs(args.images)]
+    names = [str(p) for p in _image_paths(args)]
     with _client(args) as client:
         predictions = client.predict(names, model=args.model, version=args.version, top_k=args.top_k,
                                      batch_size=args.batch_size, max_in_flight=args.max_in_flight)
@@ -74,11 +90,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_model_json(m) for m in models], indent=2))
         return 0
-    print(f"{'MODEL':24} {'VERSION':>7}  {'STATE':10} {'KIND':10} {'OUTPUT':14} ALIASES")
+    width = max([len("ALIASES")] + [len(",".join(m.aliases)) for m in models])
+    print(f"{'MODEL':24} {'VERSION':>7}  {'STATE':10} {'KIND':10} {'OUTPUT':14} {'ALIASES':{width}}  REASON")
     for m in models:
-        for v in m.versions:
+        for v in m.versions:  # REASON: why a version FAILED (or is UNLOADING); empty when it serves
             print(f"{m.name:24} {v.version:>7}  {v.state:10} {v.kind:10} {str(list(v.output_shape)):14} "
-                  f"{','.join(m.aliases)}")
+                  f"{','.join(m.aliases):{width}}  {v.reason}".rstrip())
     return 0
 
 
@@ -91,9 +108,24 @@ def _model_json(m: ModelInfo) -> dict:
 
 def cmd_health(args: argparse.Namespace) -> int:
     with _client(args, wait_for_ready=False) as client:  # a probe answers now, it does not wait
-        status = client.health(args.service)
+        try:
+            status = client.health(args.service)
+        except FeaturizerError as error:
+            if error.code.name != "NOT_FOUND":
+                raise
+            raise FeaturizerError(error.code, f"health: unknown service {args.service!r}; "
+                                              f"{_known_services(client)}") from None
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _known_services(client: FeaturizerClient) -> str:
+    """The services a health check can name, with the server's models when it lists them."""
+    try:
+        models = ", ".join(m.name for m in client.list_models())
+    except FeaturizerError:  # e.g. a token is needed for ListModels; health needs none
+        models = "a model name (see `featurizer-client models`)"
+    return f"valid: '' (the whole server), featurizer.v1.Featurizer, {models or 'no models'}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,10 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"featurizer-client {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=os.environ.get("FEATURIZER_TARGET", DEFAULT_TARGET),
-                        help="server address: host:port, dns:///host:port or ipv4:a:p,b:p "
-                             "[env FEATURIZER_TARGET; default: %(default)s]")
+    common.add_argument("--target", default=default_target(),
+                        help=f"server address: host:port, dns:///host:port or ipv4:a:p,b:p "
+                             f"[default: ${TARGET_ENV}, else {DEFAULT_TARGET}]")
     common.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC [default: %(default)s]")
+    common.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S,
+                        help="seconds to wait for the first connection to the server before failing with "
+                             "UNAVAILABLE [default: %(default)s]")
     common.add_argument("--token-file", type=Path, help="file holding the bearer token (the server's --auth-token-file)")
     common.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server certificate (enables TLS)")
     common.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mTLS (with --tls-key)")
@@ -113,15 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     bulk = argparse.ArgumentParser(add_help=False)
     bulk.add_argument("images", nargs="+", help="image files, directories or glob patterns")
     bulk.add_argument("--model-version", dest="version", type=int, default=0, help="model version (0 = default)")
-    bulk.add_argument("--batch-size", type=int, default=64, help="images per request [default: %(default)s]")
-    bulk.add_argument("--max-in-flight", type=int, default=4, help="requests at once [default: %(default)s]")
+    bulk.add_argument("--batch-size", type=_positive_int, default=64, help="images per request [default: %(default)s]")
+    bulk.add_argument("--max-in-flight", type=_positive_int, default=4, help="requests at once [default: %(default)s]")
 
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     embed = commands.add_parser("embed", parents=[common, bulk], help="write feature vectors to a .npy file")
     embed.add_argument("-o", "--output", type=Path, required=True, help="output .npy file, [N, D]")
     embed.add_argument("--model", default="alexnet", help="model name or alias [default: %(default)s]")
     embed.add_argument("--layer", default="", help="output layer of a features model (e.g. conv5, pool2)")
-    embed.add_argument("--pooling", default="", choices=("", "flatten", "avg", "max", "none"))
+    embed.add_argument("--pooling", choices=("flatten", "avg", "max", "none"),
+                       help="how a features model's map becomes a row [default: the model's own]")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise every row")
     embed.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
     embed.set_defaults(func=cmd_embed)
@@ -139,10 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so a bad value exits 2 with the flag named)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except UsageError as error:
+        print(f"featurizer-client: error: {error}", file=sys.stderr)
+        return 2
     except FeaturizerError as error:
         print(f"featurizer-client: {error.code.name}: {error.details}", file=sys.stderr)
         return 1

@@ -9,12 +9,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .channel import Connection, RetryPolicy, Tls
+from .channel import (DEFAULT_CONNECT_TIMEOUT_S, Connection, Reach, RetryPolicy, Tls, connectivity, default_target,
+                      wait_until_ready)
 from .chunking import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, Progress, chunks, concat_rows, ordered_calls, plan
 from .errors import FeaturizerError
 from .inputs import ImageLike
 from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
-                       embeddings_of, model_of, models_of, predict_request, predictions_of)
+                       embeddings_of, health_error, model_of, models_of, predict_request, predictions_of)
 from .v1 import featurizer_pb2 as pb
 from .v1 import featurizer_pb2_grpc as pb_grpc
 
@@ -27,21 +28,28 @@ class FeaturizerClient:
     >>> with FeaturizerClient("localhost:50051") as client:
     ...     X = client.embed(["cat.jpg", "photos/"], model="alexnet")   # float32 [N, 9216]
 
-    ``target``: ``host:port``, ``dns:///host:port`` or ``ipv4:a:p,b:p`` (round-robin over all).
+    ``target``: ``host:port``, ``dns:///host:port`` or ``ipv4:a:p,b:p`` (round-robin over all);
+    None: ``$FEATURIZER_TARGET``, else ``localhost:50051`` (the same default as the CLI's).
     ``timeout``: default seconds per RPC (per chunk for big jobs); every method takes ``timeout=``.
     ``tls``/``token``: match the server's ``--tls-*`` and ``--auth-token-file`` flags.
     ``retry``: gRPC retry policy on UNAVAILABLE/RESOURCE_EXHAUSTED (None turns retries off).
-    ``wait_for_ready``: calls wait for an unreachable server (until their deadline) instead of failing.
+    ``connect_timeout``: until the first connection, a call waits this long for the server, then
+    fails with UNAVAILABLE "cannot reach featurizer at TARGET" (None: until the call's deadline).
+    ``wait_for_ready``: once connected, calls wait for a lost server (a restart, a rolling deploy)
+    up to their deadline; False: a call without a connection fails at once (gRPC's fail-fast).
     """
 
-    def __init__(self, target: str, *, timeout: Optional[float] = DEFAULT_TIMEOUT_S, tls: Optional[Tls] = None,
-                 token: Optional[str] = None, retry: Optional[RetryPolicy] = RetryPolicy(),
-                 load_balancing: str = "round_robin", wait_for_ready: bool = True,
+    def __init__(self, target: Optional[str] = None, *, timeout: Optional[float] = DEFAULT_TIMEOUT_S,
+                 tls: Optional[Tls] = None, token: Optional[str] = None,
+                 retry: Optional[RetryPolicy] = RetryPolicy(), load_balancing: str = "round_robin",
+                 wait_for_ready: bool = True, connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT_S,
                  channel: Optional[grpc.Channel] = None) -> None:
-        self.connection = Connection(target, tls, token, retry, load_balancing, wait_for_ready)
-        self.target = target
+        self.connection = Connection(target or default_target(), tls, token, retry, load_balancing, wait_for_ready,
+                                     connect_timeout)
+        self.target = self.connection.target
         self.timeout = timeout
         self._channel = channel or self.connection.sync_channel()
+        self._reach = Reach(self.connection)
         self._stub = pb_grpc.FeaturizerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -102,37 +110,57 @@ class FeaturizerClient:
         return model_of(self._call(self._stub.GetModel, pb.GetModelRequest(model=model), timeout))
 
     def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
-        """The gRPC health status name: SERVING, NOT_SERVING or SERVICE_UNKNOWN.
+        """The gRPC health status name: SERVING or NOT_SERVING.
 
-        ``service``: "" for the server, "featurizer.v1.Featurizer", or a model name.
+        ``service``: "" for the server, "featurizer.v1.Featurizer", or a model name; any other
+        raises FeaturizerError NOT_FOUND naming it.
         """
-        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        try:
+            response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        except FeaturizerError as error:
+            raise health_error(error, service) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def _call(self, method: Callable, request: Any, timeout: Optional[float]) -> Any:
+        remaining = self._connected(self.timeout if timeout is None else timeout)
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout,
-                          metadata=self.connection.metadata(), wait_for_ready=self.connection.wait_for_ready)
+            return method(request, timeout=remaining, metadata=self.connection.metadata(),
+                          wait_for_ready=self.connection.wait_for_ready)
         except grpc.RpcError as error:
-            raise FeaturizerError.from_rpc_error(error) from None
+            raise self._error(error) from None
 
     def _future(self, method: Any, request: Any, timeout: Optional[float]) -> "_Future":
-        return _Future(method.future(request, timeout=self.timeout if timeout is None else timeout,
-                                     metadata=self.connection.metadata(),
-                                     wait_for_ready=self.connection.wait_for_ready))
+        remaining = self._connected(self.timeout if timeout is None else timeout)
+        return _Future(method.future(request, timeout=remaining, metadata=self.connection.metadata(),
+                                     wait_for_ready=self.connection.wait_for_ready), self._error)
+
+    def _connected(self, timeout: Optional[float]) -> Optional[float]:
+        """Wait for a first connection if ``Reach`` says so; the call's timeout left after that."""
+        if not self._reach.must_wait(connectivity(self._channel)):
+            return timeout
+        window = self._reach.window(timeout)
+        waited = wait_until_ready(self._channel, window)
+        if waited is None:
+            raise self._reach.timed_out(timeout, window)
+        self._reach.connected()
+        return None if timeout is None else max(timeout - waited, 0.0)
+
+    def _error(self, error: grpc.RpcError) -> FeaturizerError:
+        return self._reach.failure(FeaturizerError.from_rpc_error(error), connectivity(self._channel))
 
 
 class _Future:
     """A gRPC future whose failure is a FeaturizerError."""
 
-    def __init__(self, future: grpc.Future) -> None:
+    def __init__(self, future: grpc.Future, error: Callable[[grpc.RpcError], FeaturizerError]) -> None:
         self._future = future
+        self._error = error
 
     def result(self) -> Any:
         try:
             return self._future.result()
         except grpc.RpcError as error:
-            raise FeaturizerError.from_rpc_error(error) from None
+            raise self._error(error) from None
 
     def cancel(self) -> None:
         self._future.cancel()

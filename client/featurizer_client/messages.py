@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+import grpc
 import numpy as np
 
+from .errors import FeaturizerError
 from .tensors import from_proto
 from .v1 import featurizer_pb2 as pb
 
@@ -86,7 +88,7 @@ class ModelInfo:
     name: str
     default_version: int            # 0 when no version is AVAILABLE
     versions: tuple[ModelVersion, ...]
-    aliases: tuple[str, ...] = ()   # aliases that point at this model (filled by list_models)
+    aliases: tuple[str, ...] = ()   # aliases that lead to this model (list_models and get_model)
 
 
 def embed_request(model: str, version: int, images: Sequence[pb.Image], options: EmbedOptions) -> pb.EmbedRequest:
@@ -111,10 +113,19 @@ def predictions_of(response: pb.PredictResponse) -> list[Prediction]:
     out = []
     for i, p in enumerate(response.predictions):
         classes = tuple(ClassScore(c.label, c.index, c.probability) for c in p.classes)
-        # proto3 cannot tell "absent" from 0.0; a sigmoid is never exactly 0 for a real logit.
-        positive = p.positive_probability if p.positive_probability != 0.0 else None
+        # An optional field: a sigmoid that rounds to exactly 0.0 (logit below about -104) is
+        # still a binary head's answer, and only absence means "not a binary model".
+        positive = p.positive_probability if p.HasField("positive_probability") else None
         out.append(Prediction(classes, positive, None if features is None else features[i]))
     return out
+
+
+def health_error(error: FeaturizerError, service: str) -> FeaturizerError:
+    """gRPC's health service answers an unknown service with a bare NOT_FOUND: name it."""
+    if error.code is not grpc.StatusCode.NOT_FOUND or error.details:
+        return error
+    return FeaturizerError(error.code, f"health: unknown service {service!r}; the server reports on '' (itself), "
+                                       f"featurizer.v1.Featurizer and each model by name")
 
 
 def models_of(response: pb.ListModelsResponse) -> list[ModelInfo]:
@@ -122,11 +133,12 @@ def models_of(response: pb.ListModelsResponse) -> list[ModelInfo]:
 
 
 def model_of(info: pb.ModelInfo, aliases: tuple[str, ...] = ()) -> ModelInfo:
+    """``aliases``: from ListModels' map, for servers older than ModelInfo.aliases."""
     versions = tuple(ModelVersion(
         version=v.version, state=pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_"), kind=v.kind,
         architecture=v.architecture, output_shape=tuple(v.output_shape), labels=tuple(v.labels),
         backbone=v.backbone, reason=v.reason, sha256=v.sha256) for v in info.versions)
-    return ModelInfo(info.name, info.default_version, versions, aliases)
+    return ModelInfo(info.name, info.default_version, versions, tuple(info.aliases) or aliases)
 
 
 def _aliases_for(name: str, aliases: dict[str, str]) -> tuple[str, ...]:

@@ -18,6 +18,8 @@ from . import __version__
 from .settings import SettingsError, add_arguments, from_namespace
 
 log = logging.getLogger("featurizer")
+# Plain text: the module docstring's ``markup`` would show as is in --help.
+DESCRIPTION = "Serve models, manage a registry. Run 'featurizer COMMAND --help' for a command's flags."
 
 
 def default_registry() -> Path:
@@ -53,8 +55,8 @@ async def _serve(settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    print(f"featurizer listening on {settings.host}:{server.port} (metrics on :{server.metrics_port})",
-          flush=True)
+    metrics = "metrics off" if server.metrics_port is None else f"metrics on :{server.metrics_port}"
+    print(f"featurizer listening on {settings.host}:{server.port} ({metrics})", flush=True)
     await stop.wait()
     log.info("shutting down: draining calls for up to %.1f s", settings.grace_seconds)
     await server.stop()
@@ -162,42 +164,49 @@ def _add_publish_parsers(actions) -> None:
     add = actions.add_parser("add", help="publish a safetensors weights file as a new version",
                              description="Publish FILE with a manifest from --manifest and/or flags (flags win). "
                                          "The sha256 is computed; the weights must fit the architecture.")
-    add.add_argument("dir", type=Path)
+    add.add_argument("dir", type=Path, help="the registry directory")
     add.add_argument("--model", required=True, help="model name")
     add.add_argument("--from", dest="weights", type=Path, required=True, metavar="FILE", help="weights (.safetensors)")
     add.add_argument("--manifest", type=Path, help="a model.json to start from")
     add.add_argument("--version", type=int, help="version number (default: the next free one)")
-    add.add_argument("--kind", choices=("features", "classifier", "head"))
+    add.add_argument("--kind", choices=("features", "classifier", "head"),
+                     help="features: image to feature vectors; classifier: image to labels; "
+                          "head: labels from a backbone's features (with --backbone)")
     add.add_argument("--architecture", help="builder name, e.g. alexnet_features, largenet, feature_head")
     add.add_argument("--params", type=json.loads, help='builder params as JSON, e.g. \'{"layer": "conv3"}\'')
-    add.add_argument("--input-mode", choices=("resize_crop", "resize", "native"))
-    add.add_argument("--resize", type=int)
-    add.add_argument("--height", type=int)
-    add.add_argument("--width", type=int)
-    add.add_argument("--mean", type=float, nargs=3)
-    add.add_argument("--std", type=float, nargs=3)
+    add.add_argument("--input-mode", choices=("resize_crop", "resize", "native"),
+                     help="resize_crop: short side to --resize, centre crop; resize: to --height x --width; "
+                          "native: as sent")
+    add.add_argument("--resize", type=int, help="resize_crop: pixels of the short side before cropping")
+    add.add_argument("--height", type=int, help="input height in pixels (resize_crop, resize)")
+    add.add_argument("--width", type=int, help="input width in pixels (resize_crop, resize)")
+    add.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                     help="per-channel mean subtracted after scaling to [0, 1]")
+    add.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                     help="per-channel std divided by after subtracting the mean")
     add.add_argument("--backbone", metavar="MODEL@VERSION", help="heads: the features model they sit on")
     add.add_argument("--labels", help="comma-separated label names")
     add.add_argument("--labels-file", type=Path, help="label names, one per line")
     add.add_argument("--output-shape", type=int, nargs="+", help="per-image output shape (-1 = input-dependent)")
-    add.add_argument("--description")
+    add.add_argument("--description", help="one line about the model, kept in its manifest")
     add.set_defaults(func=cmd_registry_add)
     imp = actions.add_parser("import-torchvision", help="publish torchvision AlexNet weights",
                              description="Publish AlexNet from a saved state dict (torch.load weights_only=True) or, "
                                          "without --weights-file on a connected machine, IMAGENET1K_V1.")
-    imp.add_argument("dir", type=Path)
-    imp.add_argument("--arch", required=True, choices=("alexnet",))
+    imp.add_argument("dir", type=Path, help="the registry directory")
+    imp.add_argument("--arch", required=True, choices=("alexnet",), help="the torchvision architecture")
     imp.add_argument("--weights-file", type=Path, help="a torch.save'd state_dict (torchvision key names)")
     imp.add_argument("--model", help="model name (default: alexnet, or alexnet-classifier)")
     imp.add_argument("--version", type=int, help="version number (default: the next free one)")
     imp.add_argument("--layer", default="pool5", help="cut `features` after this layer (conv1..pool5 or 0..12)")
-    imp.add_argument("--pooling", default="flatten", choices=("flatten", "avg", "max", "none"))
+    imp.add_argument("--pooling", default="flatten", choices=("flatten", "avg", "max", "none"),
+                     help="how the cut's feature map becomes a row [default: %(default)s]")
     imp.add_argument("--classifier", action="store_true", help="the whole network with ImageNet labels")
     imp.set_defaults(func=cmd_registry_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featurizer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="featurizer", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"featurizer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from featurizer_client.tensors import TensorFormatError, from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
@@ -9,6 +11,7 @@ from featurizer_client.v1 import featurizer_pb2 as pb
 from .engine import EmbedOptions, Embeddings, Predictions, RawImage
 from .errors import InvalidArgument
 from .models import ModelVersion, State
+from .registry import RegistryError, alias_chain
 
 _POOLING = {pb.POOLING_DEFAULT: "", pb.POOLING_FLATTEN: "flatten", pb.POOLING_AVG: "avg",
             pb.POOLING_MAX: "max", pb.POOLING_NONE: "none"}
@@ -54,8 +57,9 @@ def embed_response(result: Embeddings) -> pb.EmbedResponse:
 def predict_response(result: Predictions) -> pb.PredictResponse:
     response = pb.PredictResponse(model=result.model, version=result.version)
     for i, scores in enumerate(result.top):
-        prediction = response.predictions.add(
-            positive_probability=result.positive[i] if result.positive else 0.0)
+        prediction = response.predictions.add()
+        if result.positive:  # binary heads only: set even when it is 0.0 (presence is the signal)
+            prediction.positive_probability = result.positive[i]
         for s in scores:
             prediction.classes.add(index=s.index, label=s.label, probability=s.probability)
     if result.features is not None:
@@ -81,11 +85,20 @@ def version_info(mv: ModelVersion) -> pb.ModelVersionInfo:
     return info
 
 
-def model_infos(versions: list[ModelVersion]) -> list[pb.ModelInfo]:
+def model_infos(versions: list[ModelVersion], aliases: Mapping[str, str]) -> list[pb.ModelInfo]:
+    """One ModelInfo per model, sorted by name, with the aliases that lead to it (chains followed,
+    as routing does), so GetModel shows them as ListModels does."""
     infos: dict[str, pb.ModelInfo] = {}
     for mv in versions:
         info = infos.setdefault(mv.name, pb.ModelInfo(name=mv.name))
         info.versions.append(version_info(mv))
         if mv.state is State.AVAILABLE:
             info.default_version = max(info.default_version, mv.version)
+    for alias in sorted(aliases):
+        try:
+            info = infos.get(alias_chain(aliases, alias)[0])
+        except RegistryError:  # a cycle routes nowhere (calls get FAILED_PRECONDITION)
+            continue
+        if info is not None:
+            info.aliases.append(alias)
     return [infos[name] for name in sorted(infos)]

@@ -94,4 +94,4 @@ def test_failures_exit_non_zero_with_the_server_message(server, image_dir, tmp_p
     assert "NOT_FOUND" in done.stderr and "no-such-model" in done.stderr and "largenet" in done.stderr
     assert not (tmp_path / "y.npy").exists()
     missing = run("embed", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "z.npy"), "--target", server.target)
-    assert missing.returncode == 1 and "nothing-here" in missing.stderr
+    assert missing.returncode == 2 and "nothing-here" in missing.stderr  # a bad argument (issue 15)

@@ -25,7 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from featurizer.server import FeaturizerServer
 from featurizer.settings import Settings
 
-LISTENING = re.compile(r"featurizer listening on ([\d.]+):(\d+) \(metrics on :(\S+)\)")
+# "(metrics on :PORT)" or "(metrics off)": group 3 is the port, or "off".
+LISTENING = re.compile(r"featurizer listening on ([\d.]+):(\d+) \(metrics (?:on :)?(\S+?)\)")
 
 
 class ServerThread:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x61turizer/v1/featurizer.proto\x12\rfeaturizer.v1\"J\n\x06Tensor\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.featurizer.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"M\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\'\n\x06tensor\x18\x02 \x01(\x0b\x32\x15.featurizer.v1.TensorH\x00\x42\x08\n\x06source\"\x85\x01\n\x0c\x45mbedOptions\x12\r\n\x05layer\x18\x01 \x01(\t\x12\'\n\x07pooling\x18\x02 \x01(\x0e\x32\x16.featurizer.v1.Pooling\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12*\n\x0coutput_dtype\x18\x04 \x01(\x0e\x32\x14.featurizer.v1.DType\"\x82\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.featurizer.v1.Image\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.featurizer.v1.EmbedOptions\"Z\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\nembeddings\x18\x03 \x01(\x0b\x32\x15.featurizer.v1.Tensor\"\xb5\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.featurizer.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x18\n\x10include_features\x18\x05 \x01(\x08\x12\x34\n\x0f\x66\x65\x61ture_options\x18\x06 \x01(\x0b\x32\x1b.featurizer.v1.EmbedOptions\"?\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"V\n\nPrediction\x12*\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x19.featurizer.v1.ClassScore\x12\x1c\n\x14positive_probability\x18\x02 \x01(\x02\"\xb6\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x19.featurizer.v1.Prediction\x12\'\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x15.featurizer.v1.Tensor\x12\x10\n\x08\x62\x61\x63kbone\x18\x05 \x01(\t\x12\x18\n\x10\x62\x61\x63kbone_version\x18\x06 \x01(\x03\"=\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x11\n\tcode_name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"N\n\x12\x45mbedStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.featurizer.v1.EmbedRequest\"\x88\x01\n\x13\x45mbedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.featurizer.v1.EmbedResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.featurizer.v1.ItemErrorH\x00\x42\x08\n\x06result\"R\n\x14PredictStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.featurizer.v1.PredictRequest\"\x8c\x01\n\x15PredictStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.featurizer.v1.PredictResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.featurizer.v1.ItemErrorH\x00\x42\x08\n\x06result\"c\n\tInputSpec\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06resize\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\"\x8c\x02\n\x10ModelVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.featurizer.v1.ModelState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\'\n\x05input\x18\x06 \x01(\x0b\x32\x18.featurizer.v1.InputSpec\x12\x14\n\x0coutput_shape\x18\x07 \x03(\x03\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\t \x01(\t\x12\x18\n\x10\x62\x61\x63kbone_version\x18\n \x01(\x03\x12\x0e\n\x06sha256\x18\x0b \x01(\t\"e\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\x03\x12\x31\n\x08versions\x18\x03 \x03(\x0b\x32\x1f.featurizer.v1.ModelVersionInfo\"\x13\n\x11ListModelsRequest\"\xaf\x01\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.featurizer.v1.ModelInfo\x12?\n\x07\x61liases\x18\x02 \x03(\x0b\x32..featurizer.v1.ListModelsResponse.AliasesEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03*g\n\x07Pooling\x12\x13\n\x0fPOOLING_DEFAULT\x10\x00\x12\x13\n\x0fPOOLING_FLATTEN\x10\x01\x12\x0f\n\x0bPOOLING_AVG\x10\x02\x12\x0f\n\x0bPOOLING_MAX\x10\x03\x12\x10\n\x0cPOOLING_NONE\x10\x04*\x90\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x32\xed\x03\n\nFeaturizer\x12\x42\n\x05\x45mbed\x12\x1b.featurizer.v1.EmbedRequest\x1a\x1c.featurizer.v1.EmbedResponse\x12H\n\x07Predict\x12\x1d.featurizer.v1.PredictRequest\x1a\x1e.featurizer.v1.PredictResponse\x12X\n\x0b\x45mbedStream\x12!.featurizer.v1.EmbedStreamRequest\x1a\".featurizer.v1.EmbedStreamResponse(\x01\x30\x01\x12^\n\rPredictStream\x12#.featurizer.v1.PredictStreamRequest\x1a$.featurizer.v1.PredictStreamResponse(\x01\x30\x01\x12Q\n\nListModels\x12 .featurizer.v1.ListModelsRequest\x1a!.featurizer.v1.ListModelsResponse\x12\x44\n\x08GetModel\x12\x1e.featurizer.v1.GetModelRequest\x1a\x18.featurizer.v1.ModelInfoB1\n\x11\x64\x65v.featurizer.v1P\x01Z\x1a\x66\x65\x61turizer/v1;featurizerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x61turizer/v1/featurizer.proto\x12\rfeaturizer.v1\"J\n\x06Tensor\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.featurizer.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"M\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\'\n\x06tensor\x18\x02 \x01(\x0b\x32\x15.featurizer.v1.TensorH\x00\x42\x08\n\x06source\"\x85\x01\n\x0c\x45mbedOptions\x12\r\n\x05layer\x18\x01 \x01(\t\x12\'\n\x07pooling\x18\x02 \x01(\x0e\x32\x16.featurizer.v1.Pooling\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12*\n\x0coutput_dtype\x18\x04 \x01(\x0e\x32\x14.featurizer.v1.DType\"\x82\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.featurizer.v1.Image\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.featurizer.v1.EmbedOptions\"Z\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\nembeddings\x18\x03 \x01(\x0b\x32\x15.featurizer.v1.Tensor\"\xb5\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.featurizer.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x18\n\x10include_features\x18\x05 \x01(\x08\x12\x34\n\x0f\x66\x65\x61ture_options\x18\x06 \x01(\x0b\x32\x1b.featurizer.v1.EmbedOptions\"?\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"t\n\nPrediction\x12*\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x19.featurizer.v1.ClassScore\x12!\n\x14positive_probability\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x17\n\x15_positive_probability\"\xb6\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x19.featurizer.v1.Prediction\x12\'\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x15.featurizer.v1.Tensor\x12\x10\n\x08\x62\x61\x63kbone\x18\x05 \x01(\t\x12\x18\n\x10\x62\x61\x63kbone_version\x18\x06 \x01(\x03\"=\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x11\n\tcode_name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"N\n\x12\x45mbedStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.featurizer.v1.EmbedRequest\"\x88\x01\n\x13\x45mbedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.featurizer.v1.EmbedResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.featurizer.v1.ItemErrorH\x00\x42\x08\n\x06result\"R\n\x14PredictStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.featurizer.v1.PredictRequest\"\x8c\x01\n\x15PredictStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.featurizer.v1.PredictResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.featurizer.v1.ItemErrorH\x00\x42\x08\n\x06result\"c\n\tInputSpec\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06resize\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\"\x8c\x02\n\x10ModelVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.featurizer.v1.ModelState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\'\n\x05input\x18\x06 \x01(\x0b\x32\x18.featurizer.v1.InputSpec\x12\x14\n\x0coutput_shape\x18\x07 \x03(\x03\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\t \x01(\t\x12\x18\n\x10\x62\x61\x63kbone_version\x18\n \x01(\x03\x12\x0e\n\x06sha256\x18\x0b \x01(\t\"v\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\x03\x12\x31\n\x08versions\x18\x03 \x03(\x0b\x32\x1f.featurizer.v1.ModelVersionInfo\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\"\x13\n\x11ListModelsRequest\"\xaf\x01\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.featurizer.v1.ModelInfo\x12?\n\x07\x61liases\x18\x02 \x03(\x0b\x32..featurizer.v1.ListModelsResponse.AliasesEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03*g\n\x07Pooling\x12\x13\n\x0fPOOLING_DEFAULT\x10\x00\x12\x13\n\x0fPOOLING_FLATTEN\x10\x01\x12\x0f\n\x0bPOOLING_AVG\x10\x02\x12\x0f\n\x0bPOOLING_MAX\x10\x03\x12\x10\n\x0cPOOLING_NONE\x10\x04*\x90\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x32\xed\x03\n\nFeaturizer\x12\x42\n\x05\x45mbed\x12\x1b.featurizer.v1.EmbedRequest\x1a\x1c.featurizer.v1.EmbedResponse\x12H\n\x07Predict\x12\x1d.featurizer.v1.PredictRequest\x1a\x1e.featurizer.v1.PredictResponse\x12X\n\x0b\x45mbedStream\x12!.featurizer.v1.EmbedStreamRequest\x1a\".featurizer.v1.EmbedStreamResponse(\x01\x30\x01\x12^\n\rPredictStream\x12#.featurizer.v1.PredictStreamRequest\x1a$.featurizer.v1.PredictStreamResponse(\x01\x30\x01\x12Q\n\nListModels\x12 .featurizer.v1.ListModelsRequest\x1a!.featurizer.v1.ListModelsResponse\x12\x44\n\x08GetModel\x12\x1e.featurizer.v1.GetModelRequest\x1a\x18.featurizer.v1.ModelInfoB1\n\x11\x64\x65v.featurizer.v1P\x01Z\x1a\x66\x65\x61turizer/v1;featurizerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.featurizer.v1P\001Z\032featurizer/v1;featurizerv1'
   _globals['_LISTMODELSRESPONSE_ALIASESENTRY']._loaded_options = None
   _globals['_LISTMODELSRESPONSE_ALIASESENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2304
-  _globals['_DTYPE']._serialized_end=2389
-  _globals['_POOLING']._serialized_start=2391
-  _globals['_POOLING']._serialized_end=2494
-  _globals['_MODELSTATE']._serialized_start=2497
-  _globals['_MODELSTATE']._serialized_end=2641
+  _globals['_DTYPE']._serialized_start=2351
+  _globals['_DTYPE']._serialized_end=2436
+  _globals['_POOLING']._serialized_start=2438
+  _globals['_POOLING']._serialized_end=2541
+  _globals['_MODELSTATE']._serialized_start=2544
+  _globals['_MODELSTATE']._serialized_end=2688
   _globals['_TENSOR']._serialized_start=49
   _globals['_TENSOR']._serialized_end=123
   _globals['_IMAGE']._serialized_start=125
@@ -55,33 +55,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSSCORE']._serialized_start=749
   _globals['_CLASSSCORE']._serialized_end=812
   _globals['_PREDICTION']._serialized_start=814
-  _globals['_PREDICTION']._serialized_end=900
-  _globals['_PREDICTRESPONSE']._serialized_start=903
-  _globals['_PREDICTRESPONSE']._serialized_end=1085
-  _globals['_ITEMERROR']._serialized_start=1087
-  _globals['_ITEMERROR']._serialized_end=1148
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=1150
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=1228
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=1231
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=1367
-  _globals['_PREDICTSTREAMREQUEST']._serialized_start=1369
-  _globals['_PREDICTSTREAMREQUEST']._serialized_end=1451
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1454
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1594
-  _globals['_INPUTSPEC']._serialized_start=1596
-  _globals['_INPUTSPEC']._serialized_end=1695
-  _globals['_MODELVERSIONINFO']._serialized_start=1698
-  _globals['_MODELVERSIONINFO']._serialized_end=1966
-  _globals['_MODELINFO']._serialized_start=1968
-  _globals['_MODELINFO']._serialized_end=2069
-  _globals['_LISTMODELSREQUEST']._serialized_start=2071
-  _globals['_LISTMODELSREQUEST']._serialized_end=2090
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2093
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2268
-  _globals['_LISTMODELSRESPONSE_ALIASESENTRY']._serialized_start=2222
-  _globals['_LISTMODELSRESPONSE_ALIASESENTRY']._serialized_end=2268
-  _globals['_GETMODELREQUEST']._serialized_start=2270
-  _globals['_GETMODELREQUEST']._serialized_end=2302
-  _globals['_FEATURIZER']._serialized_start=2644
-  _globals['_FEATURIZER']._serialized_end=3137
+  _globals['_PREDICTION']._serialized_end=930
+  _globals['_PREDICTRESPONSE']._serialized_start=933
+  _globals['_PREDICTRESPONSE']._serialized_end=1115
+  _globals['_ITEMERROR']._serialized_start=1117
+  _globals['_ITEMERROR']._serialized_end=1178
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=1180
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=1258
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=1261
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=1397
+  _globals['_PREDICTSTREAMREQUEST']._serialized_start=1399
+  _globals['_PREDICTSTREAMREQUEST']._serialized_end=1481
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1484
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1624
+  _globals['_INPUTSPEC']._serialized_start=1626
+  _globals['_INPUTSPEC']._serialized_end=1725
+  _globals['_MODELVERSIONINFO']._serialized_start=1728
+  _globals['_MODELVERSIONINFO']._serialized_end=1996
+  _globals['_MODELINFO']._serialized_start=1998
+  _globals['_MODELINFO']._serialized_end=2116
+  _globals['_LISTMODELSREQUEST']._serialized_start=2118
+  _globals['_LISTMODELSREQUEST']._serialized_end=2137
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2140
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2315
+  _globals['_LISTMODELSRESPONSE_ALIASESENTRY']._serialized_start=2269
+  _globals['_LISTMODELSRESPONSE_ALIASESENTRY']._serialized_end=2315
+  _globals['_GETMODELREQUEST']._serialized_start=2317
+  _globals['_GETMODELREQUEST']._serialized_end=2349
+  _globals['_FEATURIZER']._serialized_start=2691
+  _globals['_FEATURIZER']._serialized_end=3184
 # @@protoc_insertion_point(module_scope)

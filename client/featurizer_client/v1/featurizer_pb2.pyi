@@ -235,14 +235,16 @@ class ModelVersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[str] = ..., architecture: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., output_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., backbone: _Optional[str] = ..., backbone_version: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "default_version", "versions")
+    __slots__ = ("name", "default_version", "versions", "aliases")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_version: int
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
-    def __init__(self, name: _Optional[str] = ..., default_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., default_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
