@@ -4,6 +4,10 @@ A fresh ``CollectorRegistry`` per ``Metrics`` object lets tests run several serv
 process and read ``registry.get_sample_value(...)``. Labels stay low-cardinality: method, model,
 version, state, reason, code, device; never request ids or image sizes. Device memory is read
 after each batch, on CUDA only (no GPU was available to test that path).
+
+Counters an alert watches start at 0 for every label set known in advance (``model_seen``, and
+the drop reasons when a model's observer is made): a series born at 1 would hide its first event
+from ``increase()``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
+DROP_REASONS = ("cancelled", "deadline", "overload")  # batcher.py's reasons for not computing an image
 
 
 class Metrics:
@@ -70,7 +75,14 @@ class Metrics:
             else:
                 self.model_state.labels(model, str(version), s).set(1 if s == state else 0)
 
+    def model_seen(self, model: str) -> None:
+        """A registry scan found ``model``: its load-failure series exists from now on, at 0."""
+        self.load_failures.labels(model)
+
     def model_observer(self, model: str, device: str) -> "ModelObserver":
+        """Callbacks for a model's batcher and runner; its drop series start at 0 here."""
+        for reason in DROP_REASONS:
+            self.dropped.labels(model, reason)
         return ModelObserver(self, model, device)
 
     def serve_http(self, port: int, host: str = "0.0.0.0"):

@@ -7,6 +7,7 @@ interceptor raises ``InvalidArgument`` with its message inside the RPC.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -114,6 +115,8 @@ def refuse_undecodable_stream(behavior: Callable) -> Callable:
         async def checked():
             async for request in requests:
                 yield _check(request)
-        async for response in behavior(checked(), context):
-            yield response
+        # aclosing: closing this stream (the caller left) closes the behaviour's generator now.
+        async with contextlib.aclosing(behavior(checked(), context)) as responses:
+            async for response in responses:
+                yield response
     return guarded

@@ -52,12 +52,13 @@ class FeaturizerServicer(pb_grpc.FeaturizerServicer):
                 pb.PredictStreamResponse(id=item_id, error=error)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=convert.model_infos(self.manager.all_versions()),
-                                     aliases=self.manager.aliases)
+        aliases = self.manager.aliases
+        return pb.ListModelsResponse(models=convert.model_infos(self.manager.all_versions(), aliases), aliases=aliases)
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
         name, _ = self.manager.resolve_alias(request.model)  # an alias cycle is an error, not a loop
-        infos = convert.model_infos([mv for mv in self.manager.all_versions() if mv.name == name])
+        infos = convert.model_infos([mv for mv in self.manager.all_versions() if mv.name == name],
+                                    self.manager.aliases)
         if not infos:
             raise NotFound(f"model {request.model[:100]!r} not found; known models: "
                            f"{', '.join(self.manager.model_names()) or 'none'}")
@@ -110,7 +111,16 @@ async def _ordered(requests: AsyncIterator, handle: Callable[..., Awaitable], de
         await producer
     finally:
         producer.cancel()
+        # A caller who left also makes reading its requests fail; that is its departure (the
+        # interceptor reports it), so the error is retrieved here rather than logged by asyncio
+        # as "Task exception was never retrieved".
+        producer.add_done_callback(_retrieve)
         while not window.empty():
             task = window.get_nowait()
             if task is not None:
                 task.cancel()
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
