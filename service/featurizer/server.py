@@ -3,12 +3,17 @@
 Start-up: bind the port with health NOT_SERVING, load and warm every model, then SERVING.
 Shutdown: health NOT_SERVING first, refuse new calls (UNAVAILABLE), let calls in flight finish
 within the grace period, then close models and threads.
+
+Ports are exclusive: gRPC would otherwise set SO_REUSEPORT, and a second server on a busy port
+would start silently and take a share of the new connections. A port that cannot be bound is
+``CannotListen``, naming flag and port (``featurizer serve`` prints it as one line and exits 1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -23,9 +28,12 @@ from grpc_reflection.v1alpha import reflection
 from . import __version__
 from .device import Device
 from .engine import Engine
+from .errors import FeaturizerError
 from .interceptors import ObservabilityInterceptor, TokenAuthInterceptor
 from .metrics import Metrics
 from .models import ModelManager
+from .oip import grpc_service as oip_grpc, health_ready
+from .oip.http import HttpServer
 from .registry import Registry
 from .servicer import FeaturizerServicer
 from .settings import Settings
@@ -34,6 +42,30 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Featurizer"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class CannotListen(OSError):
+    """A port this server was told to listen on cannot be bound; the message names flag and port."""
+
+
+def ensure_free(host: str, port: int, flag: str) -> None:
+    """Raise ``CannotListen`` if ``host:port`` cannot be bound now. Checked before grpc tries:
+    grpc's own failure is a bare RuntimeError plus a C-level log line, and names no cause."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # grpc reports what it makes of the address
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc: TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise CannotListen(f"{flag}: cannot listen on {host}:{port} ({error.strerror}); "
+                                   f"is another server running there?") from None
 
 
 def read_token(path: Path) -> str:
@@ -59,6 +91,8 @@ class FeaturizerServer:
         self.metrics_port: Optional[int] = None
         self._server: Optional[grpc.aio.Server] = None
         self._metrics_http = None
+        self.http_port: Optional[int] = None  # Open Inference Protocol over HTTP (--http-port)
+        self._http: Optional[HttpServer] = None
         self._poller: Optional[asyncio.Task] = None
         self._health_names: set[str] = set()
 
@@ -70,28 +104,56 @@ class FeaturizerServer:
     async def listen(self) -> None:
         """Bind and answer RPCs; health says NOT_SERVING until ``load_models`` finishes."""
         s = self.settings
-        interceptors = [ObservabilityInterceptor(self.metrics, lambda m: m in self.manager.model_names())]
+        # Observability outermost, so a call the token check denies is still counted and logged.
+        interceptors = [ObservabilityInterceptor(self.metrics, self._model_label)]
         if s.auth_token_file is not None:
             interceptors.append(TokenAuthInterceptor(read_token(Path(s.auth_token_file))))
+        interceptors.append(oip_grpc.StatusInterceptor())  # v2 errors -> the protocol's codes (errors.py)
         self.metrics.set_build_info(__version__, torch.__version__, self.device.label)
+        ensure_free(s.host, s.port, "--port")
         if s.metrics_port >= 0:
-            self._metrics_http, _ = self.metrics.serve_http(s.metrics_port, s.host)
+            try:
+                self._metrics_http, _ = self.metrics.serve_http(s.metrics_port, s.host)
+            except OSError as error:
+                raise CannotListen(f"--metrics-port: cannot listen on {s.host}:{s.metrics_port} "
+                                   f"({error.strerror or error}); is another server running there?") from None
             self.metrics_port = self._metrics_http.server_port
         self._server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", max(s.max_message_bytes, 256 * 1024 * 1024)),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, not a port shared with a stranger
         ])
         pb_grpc.add_FeaturizerServicer_to_server(FeaturizerServicer(self.engine, self.manager), self._server)
+        oip_service = oip_grpc.add_to_server(self._server, self.engine, self.manager,
+                                             health_ready(self.health, SERVICE_NAME))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE_NAME, oip_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self._server)
-        self.port = self._bind(f"{s.host}:{s.port}")
+        try:
+            self.port = self._bind(f"{s.host}:{s.port}")
+        except CannotListen:
+            self._close_metrics_http()
+            raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         await self._server.start()
+        if s.http_port >= 0:
+            await self._start_http()
         log.info("listening on %s:%d (metrics %s), loading models from %s", s.host, self.port,
                  self.metrics_port, self.registry.root)
+
+    async def _start_http(self) -> None:
+        """The Open Inference Protocol over HTTP on --http-port: same engine, token and TLS as gRPC."""
+        s = self.settings
+        token = read_token(Path(s.auth_token_file)) if s.auth_token_file is not None else None
+        self._http = HttpServer(self.engine, self.manager, health_ready(self.health, SERVICE_NAME), s, token)
+        try:
+            self.http_port = await self._http.start(s.host, s.http_port)
+        except OSError as error:
+            raise CannotListen(f"--http-port: cannot listen on {s.host}:{s.http_port} "
+                               f"({error.strerror or error}); is another server running there?") from None
 
     async def load_models(self) -> None:
         await self.reload()
@@ -102,17 +164,36 @@ class FeaturizerServer:
 
     def _bind(self, address: str) -> int:
         s = self.settings
-        if s.tls_cert is None:
-            return self._server.add_insecure_port(address)
-        client_ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
-        credentials = grpc.ssl_server_credentials(
-            [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
-            root_certificates=client_ca, require_client_auth=client_ca is not None)
-        return self._server.add_secure_port(address, credentials)
+        try:
+            if s.tls_cert is None:
+                port = self._server.add_insecure_port(address)
+            else:
+                client_ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
+                    root_certificates=client_ca, require_client_auth=client_ca is not None)
+                port = self._server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address ...", which names no cause
+            port = 0
+        if port == 0:  # taken since ensure_free, or an address grpc cannot use
+            raise CannotListen(f"--port: cannot listen on {address}; is another server running there?")
+        return port
+
+    def _model_label(self, model: str) -> str:
+        """The ``model`` label of a call: what an alias resolves to, "" for none, else "unknown"."""
+        if not model:
+            return ""
+        try:
+            name, _ = self.manager.resolve_alias(model)
+        except FeaturizerError:  # an alias cycle
+            return "unknown"
+        return name if name in self.manager.model_names() else "unknown"
 
     async def reload(self) -> None:
         """One registry sync, then per-model health (SERVING while a version is AVAILABLE)."""
         await self.manager.sync()
+        for name in self.manager.model_names():  # series at 0 from the first scan: alerts see 0 -> 1
+            self.metrics.model_seen(name)
         serving = self.manager.serving_models()
         for name in self._health_names | set(self.manager.model_names()):
             await self.health.set(name, SERVING if name in serving else NOT_SERVING)
@@ -131,14 +212,21 @@ class FeaturizerServer:
         await self.health.enter_graceful_shutdown()  # every service NOT_SERVING, now and later
         if self._poller is not None:
             self._poller.cancel()
+        http_stopped = asyncio.ensure_future(self._http.stop()) if self._http is not None else None
         if self._server is not None:
             await self._server.stop(grace)
+        if http_stopped is not None:  # stopped beside gRPC: requests in flight finish within the same grace
+            await http_stopped
         await self.manager.close()
         self.engine.close()
         self.device.close()
+        self._close_metrics_http()
+
+    def _close_metrics_http(self) -> None:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+            self._metrics_http = None
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -32,6 +32,8 @@ class Settings:
     host: str = _opt("127.0.0.1", "address to bind the gRPC server to (0.0.0.0 for all interfaces)")
     port: int = _opt(50051, "gRPC port (0 = pick a free one)")
     metrics_port: int = _opt(9090, "Prometheus /metrics port (0 = pick a free one, -1 = disabled)")
+    http_port: int = _opt(-1, "Open Inference Protocol (KServe v2) HTTP/REST port, beside v2 gRPC on --port "
+                              "(0 = pick a free one, -1 = disabled)")
     device: str = _opt("auto", "cpu, cuda or cuda:N; auto = cuda when available, else cpu")
     precision: str = _opt("fp32", "fp32, fp16 or bf16 (autocast; fp16/bf16 on CUDA only)", choices=("fp32", "fp16", "bf16"))
     channels_last: str = _opt("auto", "on, off or auto (on for CPU and CUDA, where it is faster for AlexNet)", choices=("auto", "on", "off"))
@@ -43,6 +45,9 @@ class Settings:
                                           "batch already uses every core; 2 on CUDA, so one uploads while one computes)")
     max_queue: int = _opt(1024, "images queued per model before new requests get RESOURCE_EXHAUSTED")
     poll_interval: float = _opt(5.0, "seconds between registry scans for new, changed and removed versions (0 = never)")
+    registry_timeout: float = _opt(120.0, "seconds one registry read (a scan, a model.json, a weights file) may take; "
+                                          "past it the read is abandoned on its thread and that version FAILED, so a "
+                                          "hung network mount cannot stall serving or shutdown")
     preprocess_workers: int = _opt(2, "threads decoding and resizing images")
     max_images_per_request: int = _opt(256, "most images in one request")
     max_message_bytes: int = _opt(64 * 1024 * 1024, "largest request message in bytes")
@@ -63,6 +68,7 @@ class Settings:
                 _check(getattr(self, f.name) in choices, f.name, getattr(self, f.name), " | ".join(choices))
         _check(self.port >= 0 and self.port < 65536, "port", self.port, "a TCP port 0..65535")
         _check(-1 <= self.metrics_port < 65536, "metrics_port", self.metrics_port, "a TCP port, 0 or -1")
+        _check(-1 <= self.http_port < 65536, "http_port", self.http_port, "a TCP port, 0 or -1")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "device", self.device, "cpu, cuda, cuda:N or auto")
         _check(self.threads >= 0, "threads", self.threads, ">= 0")
@@ -71,6 +77,7 @@ class Settings:
         _check(self.max_concurrent_batches >= 0, "max_concurrent_batches", self.max_concurrent_batches, ">= 0")
         _check(self.max_queue >= 1, "max_queue", self.max_queue, ">= 1")
         _check(self.poll_interval >= 0, "poll_interval", self.poll_interval, ">= 0")
+        _check(self.registry_timeout > 0, "registry_timeout", self.registry_timeout, "> 0")
         _check(self.preprocess_workers >= 1, "preprocess_workers", self.preprocess_workers, ">= 1")
         _check(self.max_images_per_request >= 1, "max_images_per_request", self.max_images_per_request, ">= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", self.max_message_bytes, ">= 1024")

@@ -22,4 +22,4 @@ def test_committed_stubs_are_fresh(tmp_path):
 def test_stubs_exist_only_in_the_client_package():
     ignored = {".venv", "node_modules", "build", "dist", "site-packages"}  # installs, not sources
     found = [p for p in ROOT.rglob("*_pb2*.py") if not ignored.intersection(p.relative_to(ROOT).parts)]
-    assert {p.parent for p in found} == {ROOT / "client" / "featurizer_client" / "v1"}, found
+    assert {p.parent for p in found} == {ROOT / "client" / "featurizer_client" / v for v in ("v1", "v2")}, found

@@ -1,0 +1,57 @@
+"""Generate the Open Inference Protocol (KServe v2) stubs into ``featurizer_client.v2``.
+
+The sibling of ``generate.py`` (featurizer.v1), done the same way: run ``python
+protos/generate_v2.py`` after editing ``protos/inference/grpc_predict_v2.proto``. The test
+``tests/unit/test_stubs_v2.py`` regenerates into a temporary directory and fails when the
+committed stubs differ, so stale stubs never land.
+
+``featurizer_client`` never imports ``v2`` by itself: the protocol's messages are registered in
+protobuf's default pool under the package ``inference``, as tritonclient's are, so importing
+both in one process would clash. Only the server (and whoever asks for it) imports ``v2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+PROTO_ROOT = Path(__file__).resolve().parent
+PROTO_FILE = "inference/grpc_predict_v2.proto"
+DEFAULT_OUT = PROTO_ROOT.parent / "client" / "featurizer_client" / "v2"
+GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py")
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Run protoc (grpcio-tools) and rewrite the absolute import so the stubs live in a package."""
+    from grpc_tools import protoc  # dev dependency only
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}", str(PROTO_ROOT / PROTO_FILE)]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {PROTO_FILE}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in GENERATED:
+            text = (Path(tmp) / "inference" / name).read_text()
+            text = re.sub(r"^from inference import ", "from . import ", text, flags=re.M)
+            target = out_dir / name
+            target.write_text(text)
+            written.append(target)
+        return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output package directory")
+    args = parser.parse_args()
+    for path in generate(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol over gRPC, beside featurizer.v1
+on the same server, port, engine and auth.
+
+``StatusInterceptor`` maps domain errors to the protocol's gRPC codes (the one table in
+errors.py) for this service's methods, bearer-token refusals included; it must be the first
+(outermost) interceptor so it also sees what the auth interceptor raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from featurizer_client.v2 import grpc_predict_v2_pb2 as pb
+from featurizer_client.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from .. import __version__
+from ..engine import Engine
+from ..errors import FeaturizerError, InvalidArgument, NotFound, grpc_status
+from ..models import ModelManager
+from ..request_decoding import refuse_undecodable_unary, safe_deserializer
+from ..servicer import deadline_of
+from . import tensors
+from .infer import infer
+from .metadata import EXTENSIONS, SERVER_NAME, parse_version, signature
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE_PREFIX = f"/{SERVICE_NAME}/"
+RAW_OUTPUT = "raw_output"  # request parameter: answer in raw_output_contents even for typed inputs
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: Engine, manager: ModelManager, ready: Callable[[], Awaitable[bool]]) -> None:
+        self.engine = engine
+        self.manager = manager
+        self.ready = ready
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self.ready())
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=model_ready(self.manager, request.name, request.version))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        mv = self.manager.resolve(request.name, parse_version(request.version))
+        sig = signature(self.manager, mv)
+        response = pb.ModelMetadataResponse(name=sig.name, versions=sig.versions, platform=sig.platform)
+        for specs, field in ((sig.inputs, response.inputs), (sig.outputs, response.outputs)):
+            for spec in specs:
+                field.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return response
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        parameters = parameters_of(request.parameters, "parameters")
+        raw = parameters.pop(RAW_OUTPUT, False) is True or bool(request.raw_input_contents)
+        result = await infer(self.engine, self.manager, request.model_name, parse_version(request.model_version),
+                             inputs_of(request), parameters, [o.name for o in request.outputs],
+                             deadline_of(context))
+        response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
+        for tensor in result.outputs:
+            out = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            if raw:
+                response.raw_output_contents.append(tensors.to_raw(tensor.data))
+            elif tensor.datatype == "BYTES":
+                out.contents.bytes_contents.extend(tensor.data)
+            else:
+                getattr(out.contents, tensors.CONTENTS_FIELD[tensor.datatype]).extend(tensor.data.reshape(-1).tolist())
+        return response
+
+
+def model_ready(manager: ModelManager, name: str, version: str) -> bool:
+    """A version that resolves can serve; one that exists but cannot (loading, failed, unloading)
+    is not ready. An unknown model or version is NOT_FOUND, as for every other call."""
+    number = parse_version(version)  # a malformed version is the caller's error, not "not ready"
+    try:
+        manager.resolve(name, number)
+    except NotFound:
+        raise
+    except FeaturizerError:
+        return False
+    return True
+
+
+def inputs_of(request: pb.ModelInferRequest) -> list[tensors.Tensor]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
+                              f"send one per input, or none")
+    out = []
+    for i, tensor in enumerate(request.inputs):
+        where = f"inputs[{i}] {tensor.name[:100]!r}"
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(f"{where}: both contents and raw_input_contents; send one")
+            out.append(tensors.from_raw(tensor.name, tensor.datatype, tensor.shape, raw[i], where))
+        else:
+            out.append(tensors.from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents, where))
+    return out
+
+
+def parameters_of(parameters: Any, where: str) -> dict[str, Any]:
+    """A map of ``InferParameter`` -> plain Python values."""
+    out = {}
+    for name, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidArgument(f"{where} {name[:40]!r}: no value set")
+        out[name] = getattr(parameter, choice)
+    return out
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors raised by (or in front of) this service's methods to statuses: a domain error
+    to its code and message, anything else to INTERNAL with a generic message (traceback logged).
+    Requests protobuf cannot parse become INVALID_ARGUMENT (request_decoding.py)."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
+            return handler
+        method = details.method[len(SERVICE_PREFIX):]
+        behavior = refuse_undecodable_unary(handler.unary_unary)
+
+        async def mapped(request, context):
+            try:
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as error:  # the one place v2 errors become statuses
+                code, message = grpc_status(error)
+                if not isinstance(error, FeaturizerError):
+                    log.error("unexpected error in %s", method, exc_info=error)
+                await context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            mapped, safe_deserializer(handler.request_deserializer), handler.response_serializer)
+
+
+def add_to_server(server: grpc.aio.Server, engine: Engine, manager: ModelManager,
+                  ready: Callable[[], Awaitable[bool]]) -> str:
+    """Register the v2 service on ``server``; returns its full name (for reflection and health)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, manager, ready), server)
+    return SERVICE_NAME
