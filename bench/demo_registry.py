@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from featurizer.builders import LARGENET_INPUT, build
+from featurizer.architectures.builders import LARGENET_INPUT, build
 from featurizer.demo import init_demo
-from featurizer.manifest import Manifest, OutputSpec
+from featurizer.registry.manifest import Manifest, OutputSpec
 
 LARGENET_LABELS = ("negative", "positive")
 

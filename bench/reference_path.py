@@ -1,6 +1,6 @@
 """The model and preprocessing every baseline runs (limit, naive server, peers).
 
-They are featurizer's own steps (``featurizer.preprocessing``) and the demo registry's seeded
+They are featurizer's own steps (``featurizer.inference.preprocessing``) and the demo registry's seeded
 AlexNet ``features``, so every system computes the same 9216-float rows from the same bytes and
 only the serving around them differs.
 """
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from featurizer.demo import seeded_alexnet
-from featurizer.manifest import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-from featurizer.preprocessing import ImageLimits, decode, normalize_batch, resize_for
+from featurizer.registry.manifest import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from featurizer.inference.preprocessing import ImageLimits, decode, normalize_batch, resize_for
 
 SPEC = InputSpec()  # resize 256, centre crop 224: the demo manifest's input
 LIMITS = ImageLimits(max_image_bytes=32 * 1024 * 1024, max_image_pixels=40_000_000)

@@ -14,8 +14,8 @@ from typing import Optional
 
 from platformdirs import user_cache_dir
 
-from . import __version__
-from .settings import SettingsError, add_arguments, from_namespace
+from featurizer import __version__
+from featurizer.settings import SettingsError, add_arguments, from_namespace
 
 log = logging.getLogger("featurizer")
 # Plain text: the module docstring's ``markup`` would show as is in --help.
@@ -29,12 +29,12 @@ def default_registry() -> Path:
 
 # ----- serve ---------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .logs import configure_logging
+    from featurizer.logs import configure_logging
 
     settings = from_namespace(args)
     configure_logging(settings.log_level, settings.log_format)
     if settings.registry is None:
-        from .demo import init_demo
+        from featurizer.demo import init_demo
 
         root = default_registry()
         if not root.exists():
@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings) -> int:
-    from .server import FeaturizerServer
+    from featurizer.rpc.server import FeaturizerServer
 
     server = FeaturizerServer(settings)
     stop = asyncio.Event()
@@ -67,7 +67,7 @@ async def _serve(settings) -> int:
 def cmd_registry_init(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if args.demo:
-        from .demo import init_demo
+        from featurizer.demo import init_demo
 
         init_demo(root)
     else:
@@ -77,8 +77,8 @@ def cmd_registry_init(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_list(args: argparse.Namespace) -> int:
-    from .manifest import ManifestError
-    from .registry import Registry
+    from featurizer.registry.manifest import ManifestError
+    from featurizer.registry.registry import Registry
 
     registry = Registry(Path(args.dir))
     scan = registry.scan()
@@ -97,7 +97,7 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_verify(args: argparse.Namespace) -> int:
-    from .registry import Registry
+    from featurizer.registry.registry import Registry
 
     problems = Registry(Path(args.dir)).verify()
     for problem in problems:
@@ -108,7 +108,7 @@ def cmd_registry_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_alias(args: argparse.Namespace) -> int:
-    from .registry import Registry
+    from featurizer.registry.registry import Registry
 
     Registry(Path(args.dir)).set_alias(args.name, args.target)
     print(f"alias {args.name} -> {args.target}")
@@ -117,7 +117,7 @@ def cmd_registry_alias(args: argparse.Namespace) -> int:
 
 def _manifest_from_args(args: argparse.Namespace) -> dict:
     """--manifest JSON, then any manifest flags on top of it (flags win)."""
-    from .publishing import manifest_from_json
+    from featurizer.registry.publishing import manifest_from_json
 
     raw = manifest_from_json(args.manifest) if args.manifest else {}
     for key in ("kind", "architecture", "description"):
@@ -140,8 +140,8 @@ def _manifest_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_registry_add(args: argparse.Namespace) -> int:
-    from .publishing import add_version
-    from .registry import Registry
+    from featurizer.registry.publishing import add_version
+    from featurizer.registry.registry import Registry
 
     version = add_version(Registry(Path(args.dir)), args.model, _manifest_from_args(args), args.weights, args.version)
     print(f"published {args.model}@{version}")
@@ -149,8 +149,8 @@ def cmd_registry_add(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_import(args: argparse.Namespace) -> int:
-    from .publishing import import_torchvision
-    from .registry import Registry
+    from featurizer.registry.publishing import import_torchvision
+    from featurizer.registry.registry import Registry
 
     model = args.model or (f"{args.arch}-classifier" if args.classifier else args.arch)
     version = import_torchvision(Registry(Path(args.dir)), model, arch=args.arch, weights_file=args.weights_file,
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("target")
     alias.set_defaults(func=cmd_registry_alias)
     _add_publish_parsers(actions)
-    from .training.command import add_train_parser, add_visualize_parser
+    from featurizer.training.command import add_train_parser, add_visualize_parser
 
     add_train_parser(commands)
     add_visualize_parser(commands)

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torchvision.models import alexnet as tv_alexnet
 
-from .manifest import InputSpec, Manifest, OutputSpec
-from .registry import Registry
-from .registry_files import make_dirs
+from featurizer.registry.manifest import InputSpec, Manifest, OutputSpec
+from featurizer.registry.registry import Registry
+from featurizer.registry.files import make_dirs
 
 log = logging.getLogger(__name__)
 DEMO_SEED = 0
@@ -55,9 +55,9 @@ def init_demo(root: Path, seed: int = DEMO_SEED) -> Registry:
 def publish_fashion_demo(root: Path, seed: int = DEMO_SEED) -> None:
     """A LargeNet trained on Fashion-MNIST Sneaker vs Ankle boot, so the demo predicts something
     real; skipped (with a log line) when the Debian dataset-fashion-mnist package is missing."""
-    from .training.datasets import fashion_mnist_available
-    from .training.loop import TrainSettings
-    from .training.run import TrainJob, run
+    from featurizer.training.datasets import fashion_mnist_available
+    from featurizer.training.loop import TrainSettings
+    from featurizer.training.run import TrainJob, run
 
     if not fashion_mnist_available():
         log.info("demo: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); "

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .builders import ALEXNET_LAYER_NAMES, resolve_alexnet_layer
-from .device import Device
-from .manifest import ManifestError
-from .preprocessing import ImageLimits, decode, normalize_batch, resize_for
-from .registry import Registry
-from .training.backbone import load_module, resolve
+from featurizer.architectures.builders import ALEXNET_LAYER_NAMES, resolve_alexnet_layer
+from featurizer.inference.device import Device
+from featurizer.registry.manifest import ManifestError
+from featurizer.inference.preprocessing import ImageLimits, decode, normalize_batch, resize_for
+from featurizer.registry.registry import Registry
+from featurizer.training.backbone import load_module, resolve
 
 PAD = 2                  # pixels between tiles (and around the grid), in BACKGROUND
 BACKGROUND = 255         # white: never produced by the viridis colormap, so tiles stand out

@@ -14,8 +14,8 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2
 
-from featurizer.device import DEFAULT_THREADS, per_thread_intra_op
-from featurizer.manifest import IMAGENET_MEAN, IMAGENET_STD
+from featurizer.inference.device import DEFAULT_THREADS, per_thread_intra_op
+from featurizer.registry.manifest import IMAGENET_MEAN, IMAGENET_STD
 from featurizer_client import FeaturizerClient
 from tests.support.images import encode, photos
 from tests.support.reference import reference_features, torchvision_alexnet

@@ -18,7 +18,7 @@ from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 from safetensors.torch import save_file
 
-from featurizer.registry import Registry
+from featurizer.registry.registry import Registry
 from tests.support.bad_inputs import leaks
 from tests.support.registries import publish_largenet
 from tests.support.servers import running_server

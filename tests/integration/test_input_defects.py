@@ -24,7 +24,7 @@ from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 from PIL import Image
 
-from featurizer.preprocessing import MAX_JPEG_SCANS
+from featurizer.inference.preprocessing import MAX_JPEG_SCANS
 from tests.support.images import encode, photos
 from tests.support.registries import NATIVE, publish_alexnet, publish_largenet
 from tests.support.servers import running_server

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from featurizer.metrics import DROP_REASONS
-from featurizer.registry import Registry
-from featurizer.servicer import _ordered
+from featurizer.registry.registry import Registry
+from featurizer.rpc.servicer import _ordered
 from featurizer_client.inputs import to_image
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc

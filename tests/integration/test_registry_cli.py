@@ -13,7 +13,7 @@ from featurizer_client.v1 import featurizer_pb2 as pb
 from safetensors.torch import save_file
 from torchvision.models import AlexNet_Weights
 
-from featurizer.builders import ALEXNET_LAYERS, build
+from featurizer.architectures.builders import ALEXNET_LAYERS, build
 from featurizer.cli import main as featurizer_cli
 from tests.support.images import photos
 from tests.support.reference import preset_tensor, torchvision_alexnet

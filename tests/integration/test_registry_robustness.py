@@ -25,10 +25,10 @@ from featurizer_client.tensors import to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 
-from featurizer import builders
-from featurizer.manifest import Manifest, OutputSpec
-from featurizer.loading import INTERNAL_REASON
-from featurizer.registry import Registry
+from featurizer.architectures import builders
+from featurizer.registry.manifest import Manifest, OutputSpec
+from featurizer.inference.loading import INTERNAL_REASON
+from featurizer.registry.registry import Registry
 from tests.support.bad_inputs import leaks
 from tests.support.registries import (copy_version_files, place_version, publish_alexnet, publish_feature_head,
                                       publish_largenet)
@@ -152,7 +152,7 @@ def publish_buggy(root: Path, version: int) -> int:
 
 def test_an_unexpected_exception_fails_that_version_with_a_generic_reason_and_a_logged_traceback(root, caplog):
     publish_buggy(root, 1)
-    caplog.set_level(logging.WARNING, logger="featurizer.models")
+    caplog.set_level(logging.WARNING, logger="featurizer.inference.models")
     with running_server(root) as server, grpc.insecure_channel(server.target) as channel:  # raised here before
         stub = pb_grpc.FeaturizerStub(channel)
         assert_failed_cleanly(stub, root, "buggy", 1, INTERNAL_REASON)

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
-from featurizer.server import read_token
+from featurizer.rpc.server import read_token
 from tests.support.servers import health_status, running_server
 
 TOKEN = "s3cret-token-for-tests"

@@ -25,7 +25,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from featurizer.demo import init_demo
-from featurizer.registry import ALIASES_FILE
+from featurizer.registry.registry import ALIASES_FILE
 from tests.support.images import encode, photos
 from tests.support.registries import publish_largenet
 

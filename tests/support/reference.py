@@ -36,7 +36,7 @@ def largenet_reference(state: dict[str, torch.Tensor], images: np.ndarray, size:
     """The lecture's LargeNet with ``state`` on uint8 NHWC ``images``: torchvision's antialiased resize
     to size x size, scale to [0, 1], normalise with mean = std = 0.5 -> logits [N, classes]."""
     from torchvision.transforms.functional import resize
-    from featurizer.builders import LargeNet
+    from featurizer.architectures.builders import LargeNet
 
     model = LargeNet(num_classes=len(state["fc2.bias"])).eval()
     model.load_state_dict(state)

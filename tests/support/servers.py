@@ -22,7 +22,7 @@ from typing import Any, Optional
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from featurizer.server import FeaturizerServer
+from featurizer.rpc.server import FeaturizerServer
 from featurizer.settings import Settings
 
 # "(metrics on :PORT)" or "(metrics off)": group 3 is the port, or "off".

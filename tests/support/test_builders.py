@@ -10,9 +10,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from featurizer import builders
-from featurizer.manifest import InputSpec, Manifest, OutputSpec
-from featurizer.registry import Registry
+from featurizer.architectures import builders
+from featurizer.registry.manifest import InputSpec, Manifest, OutputSpec
+from featurizer.registry.registry import Registry
 
 GATES: dict[str, "Gate"] = {}
 

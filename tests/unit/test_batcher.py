@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from featurizer.batcher import Batcher
-from featurizer.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, Overloaded, Unavailable
+from featurizer.inference.batcher import Batcher
+from featurizer.inference.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, Overloaded, Unavailable
 
 SAFETY_S = 30  # only against hangs; a correct batcher answers in milliseconds
 FOREVER_S = 3600.0  # a max_delay no test can wait out: a batch that starts did not wait for it

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from featurizer.errors import InvalidArgument
-from featurizer.preprocessing import ImageLimits, decode
+from featurizer.inference.errors import InvalidArgument
+from featurizer.inference.preprocessing import ImageLimits, decode
 from tests.support.images import encode, photos
 
 LIMITS = ImageLimits(max_image_bytes=1 << 20, max_image_pixels=1 << 21)

@@ -19,12 +19,12 @@ from featurizer_client.tensors import MAX_DIMENSION, MAX_RANK, TensorFormatError
 from featurizer_client.v1 import featurizer_pb2 as pb
 from PIL import Image, TiffImagePlugin
 
-from featurizer.batcher import Batcher
-from featurizer.device import DEFAULT_THREADS
-from featurizer.errors import DeadlineExceeded, InvalidArgument, Overloaded
-from featurizer.manifest import InputSpec
-from featurizer.preparation import Preparer
-from featurizer.preprocessing import MAX_JPEG_SCANS, ImageLimits, decode, jpeg_scans, probe
+from featurizer.inference.batcher import Batcher
+from featurizer.inference.device import DEFAULT_THREADS
+from featurizer.inference.errors import DeadlineExceeded, InvalidArgument, Overloaded
+from featurizer.registry.manifest import InputSpec
+from featurizer.inference.preparation import Preparer
+from featurizer.inference.preprocessing import MAX_JPEG_SCANS, ImageLimits, decode, jpeg_scans, probe
 from tests.support.images import encode, photos
 
 LIMITS = ImageLimits(max_image_bytes=32 * 1024 * 1024, max_image_pixels=40_000_000)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from featurizer.manifest import InputSpec, ManifestError, load_manifest, parse_manifest
+from featurizer.registry.manifest import InputSpec, ManifestError, load_manifest, parse_manifest
 
 SHA = "0123456789abcdef" * 4
 

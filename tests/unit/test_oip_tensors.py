@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from featurizer.errors import InvalidArgument
-from featurizer.oip import tensors
+from featurizer.inference.errors import InvalidArgument
+from featurizer.rpc.oip import tensors
 
 
 @given(st.lists(st.binary(max_size=40), max_size=12))

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from featurizer.builders import LARGENET_INPUT
-from featurizer.device import DEFAULT_THREADS, per_thread_intra_op
-from featurizer.errors import InvalidArgument
-from featurizer.manifest import InputSpec
-from featurizer.preparation import INLINE_MAX_BYTES, Preparer
-from featurizer.preprocessing import ImageLimits, decode, resize_for
+from featurizer.architectures.builders import LARGENET_INPUT
+from featurizer.inference.device import DEFAULT_THREADS, per_thread_intra_op
+from featurizer.inference.errors import InvalidArgument
+from featurizer.registry.manifest import InputSpec
+from featurizer.inference.preparation import INLINE_MAX_BYTES, Preparer
+from featurizer.inference.preprocessing import ImageLimits, decode, resize_for
 from tests.support.images import encode, photos
 
 LIMITS = ImageLimits(max_image_bytes=32 * 1024 * 1024, max_image_pixels=40_000_000)

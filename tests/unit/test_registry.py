@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-from featurizer.builders import ALEXNET_LAYERS, apply_pooling, build, list_builders
-from featurizer.manifest import ManifestError
-from featurizer.registry import Registry, RegistryError, alias_chain, parse_target, sha256_file
+from featurizer.architectures.builders import ALEXNET_LAYERS, apply_pooling, build, list_builders
+from featurizer.registry.manifest import ManifestError
+from featurizer.registry.registry import Registry, RegistryError, alias_chain, parse_target, sha256_file
 from tests.support.reference import torchvision_alexnet
 from tests.support.registries import flip_byte, publish_largenet
 

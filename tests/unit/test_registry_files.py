@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from featurizer.registry import Registry, RegistryError
-from featurizer.registry_files import UnreadableError, open_confined, read_confined
-from featurizer.registry_io import BoundedReads, RegistryTimeout
+from featurizer.registry.registry import Registry, RegistryError
+from featurizer.registry.files import UnreadableError, open_confined, read_confined
+from featurizer.registry.reads import BoundedReads, RegistryTimeout
 from tests.support.registries import publish_largenet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_a_read_stuck_for_good_does_not_hold_process_exit(tmp_path):
     os.mkfifo(fifo)
     script = textwrap.dedent(f"""
         import asyncio
-        from featurizer.registry_io import BoundedReads, RegistryTimeout
+        from featurizer.registry.reads import BoundedReads, RegistryTimeout
 
         async def main():
             try:

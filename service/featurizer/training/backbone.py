@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..builders import build
-from ..device import Device
-from ..inference import BackboneRunner, FeatureOutput, Item
-from ..manifest import Manifest, ManifestError
-from ..registry import Registry, RegistryError, alias_chain, parse_target
+from featurizer.architectures.builders import build
+from featurizer.inference.device import Device
+from featurizer.inference.runner import BackboneRunner, FeatureOutput, Item
+from featurizer.registry.manifest import Manifest, ManifestError
+from featurizer.registry.registry import Registry, RegistryError, alias_chain, parse_target
 
 
 def resolve(registry: Registry, name: str, option: str = "--backbone") -> tuple[str, int]:

@@ -42,9 +42,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 def job_from_args(args: argparse.Namespace):
     """The ``TrainJob`` the flags describe; bad values raise ValueError naming the flag."""
-    from .datasets import parse_classes
-    from .loop import TrainSettings
-    from .run import TrainJob
+    from featurizer.training.datasets import parse_classes
+    from featurizer.training.loop import TrainSettings
+    from featurizer.training.run import TrainJob
 
     defaults = DEFAULTS[args.arch]
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--per-class", args.per_class)):
@@ -61,7 +61,7 @@ def job_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .run import run
+    from featurizer.training.run import run
 
     result = run(job_from_args(args))
     last = result.history.epochs[-1]
@@ -86,12 +86,12 @@ def add_visualize_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from ..visualize import draw, grid_shape
+    from featurizer.visualize import draw, grid_shape
 
     registry = args.registry
     if registry is None:
-        from ..cli import default_registry
-        from ..demo import init_demo
+        from featurizer.cli import default_registry
+        from featurizer.demo import init_demo
 
         registry = default_registry()
         init_demo(registry)

@@ -1,7 +1,7 @@
 """Labelled training images, prepared exactly as the server prepares a request's images.
 
 Every loader ends in the same place: uint8 ``[N, 3, H, W]`` tensors that went through
-``featurizer.preprocessing`` (the server's decoder and ``resize_for`` with the manifest's
+``featurizer.inference.preprocessing`` (the server's decoder and ``resize_for`` with the manifest's
 ``InputSpec``), so a model never sees at serving time pixels it was not trained on.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from ..manifest import InputSpec
-from ..preprocessing import ImageLimits, decode, resize_for
+from featurizer.registry.manifest import InputSpec
+from featurizer.inference.preprocessing import ImageLimits, decode, resize_for
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

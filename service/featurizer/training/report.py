@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any, Mapping
 
-from .loop import History
+from featurizer.training.loop import History
 
 REPORT_FILE = "report.json"
 CURVES_FILE = "curves.png"

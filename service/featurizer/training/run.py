@@ -16,17 +16,17 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..builders import LARGENET_INPUT, build
-from ..device import Device
-from ..inference import BackboneRunner
-from ..manifest import BackboneRef, InputSpec, Manifest, OutputSpec
-from ..preprocessing import normalize_batch
-from ..registry import Registry
-from .backbone import feature_maps, load_module, resolve
-from .command import ARCHITECTURES
-from .datasets import DatasetError, LabelledImages, fashion_mnist, image_folder, split
-from .loop import History, TrainSettings, train
-from .report import CURVES_FILE, REPORT_FILE, curves_png, report_json
+from featurizer.architectures.builders import LARGENET_INPUT, build
+from featurizer.inference.device import Device
+from featurizer.inference.runner import BackboneRunner
+from featurizer.registry.manifest import BackboneRef, InputSpec, Manifest, OutputSpec
+from featurizer.inference.preprocessing import normalize_batch
+from featurizer.registry.registry import Registry
+from featurizer.training.backbone import feature_maps, load_module, resolve
+from featurizer.training.command import ARCHITECTURES
+from featurizer.training.datasets import DatasetError, LabelledImages, fashion_mnist, image_folder, split
+from featurizer.training.loop import History, TrainSettings, train
+from featurizer.training.report import CURVES_FILE, REPORT_FILE, curves_png, report_json
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any, Optional
 
 import grpc
 
-from .errors import FeaturizerError, Unauthenticated, grpc_status
-from .logs import access_log
-from .metrics import Metrics
-from .request_decoding import refuse_undecodable_stream, refuse_undecodable_unary, safe_deserializer
+from featurizer.inference.errors import FeaturizerError, Unauthenticated, grpc_status
+from featurizer.logs import access_log
+from featurizer.metrics import Metrics
+from featurizer.rpc.request_decoding import refuse_undecodable_stream, refuse_undecodable_unary, safe_deserializer
 
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/featurizer.v1.Featurizer/"

@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from featurizer_client.messages import ClassScore, EmbedOptions  # the same options and scores the SDK uses
 
-from .builders import resolve_alexnet_layer
-from .device import DEFAULT_THREADS
-from .errors import FailedPrecondition, InvalidArgument
-from .inference import FeatureOutput, Item, Output
-from .manifest import POOLINGS, ManifestError
-from .metrics import Metrics
-from .models import ModelManager, ModelVersion
-from .preparation import Preparer, RawImage
-from .preprocessing import ImageLimits
-from .settings import Settings
+from featurizer.architectures.builders import resolve_alexnet_layer
+from featurizer.inference.device import DEFAULT_THREADS
+from featurizer.inference.errors import FailedPrecondition, InvalidArgument
+from featurizer.inference.runner import FeatureOutput, Item, Output
+from featurizer.registry.manifest import POOLINGS, ManifestError
+from featurizer.metrics import Metrics
+from featurizer.inference.models import ModelManager, ModelVersion
+from featurizer.inference.preparation import Preparer, RawImage
+from featurizer.inference.preprocessing import ImageLimits
+from featurizer.settings import Settings
 
 DEFAULT_TOP_K = 5
 

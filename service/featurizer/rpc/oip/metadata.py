@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import FeaturizerError, InvalidArgument
-from ..models import ModelManager, ModelVersion, State
+from featurizer.inference.errors import FeaturizerError, InvalidArgument
+from featurizer.inference.models import ModelManager, ModelVersion, State
 
 IMAGES, PIXELS, TENSOR = "images", "pixels", "tensor"
 EMBEDDINGS, PROBABILITIES, LABELS = "embeddings", "probabilities", "labels"

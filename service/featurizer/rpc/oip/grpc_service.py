@@ -17,15 +17,15 @@ import grpc
 from featurizer_client.v2 import grpc_predict_v2_pb2 as pb
 from featurizer_client.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from .. import __version__
-from ..engine import Engine
-from ..errors import FeaturizerError, InvalidArgument, NotFound, grpc_status
-from ..models import ModelManager
-from ..request_decoding import refuse_undecodable_unary, safe_deserializer
-from ..servicer import deadline_of
-from . import tensors
-from .infer import infer
-from .metadata import EXTENSIONS, SERVER_NAME, parse_version, signature
+from featurizer import __version__
+from featurizer.inference.engine import Engine
+from featurizer.inference.errors import FeaturizerError, InvalidArgument, NotFound, grpc_status
+from featurizer.inference.models import ModelManager
+from featurizer.rpc.request_decoding import refuse_undecodable_unary, safe_deserializer
+from featurizer.rpc.servicer import deadline_of
+from featurizer.rpc.oip import tensors
+from featurizer.rpc.oip.infer import infer
+from featurizer.rpc.oip.metadata import EXTENSIONS, SERVER_NAME, parse_version, signature
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name

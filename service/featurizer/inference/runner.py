@@ -20,11 +20,11 @@ from typing import Optional, Protocol, Union
 import torch
 from torch import nn
 
-from .builders import apply_pooling
-from .device import Device
-from .errors import InferenceFailed
-from .manifest import InputSpec
-from .preprocessing import normalize_batch
+from featurizer.architectures.builders import apply_pooling
+from featurizer.inference.device import Device
+from featurizer.inference.errors import InferenceFailed
+from featurizer.registry.manifest import InputSpec
+from featurizer.inference.preprocessing import normalize_batch
 
 log = logging.getLogger(__name__)
 

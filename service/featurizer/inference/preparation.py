@@ -34,10 +34,10 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from .device import per_thread_intra_op, single_threaded_worker
-from .errors import DeadlineExceeded, InvalidArgument
-from .manifest import InputSpec
-from .preprocessing import (ImageLimits, Probe, decode_probed, from_float_chw, from_uint8_hwc, min_side_ok,
+from featurizer.inference.device import per_thread_intra_op, single_threaded_worker
+from featurizer.inference.errors import DeadlineExceeded, InvalidArgument
+from featurizer.registry.manifest import InputSpec
+from featurizer.inference.preprocessing import (ImageLimits, Probe, decode_probed, from_float_chw, from_uint8_hwc, min_side_ok,
                             probe, resize_for)
 
 RawImage = Union[bytes, np.ndarray]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .registry_files import RegistryError
+from featurizer.registry.files import RegistryError
 
 T = TypeVar("T")
 

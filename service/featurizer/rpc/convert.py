@@ -8,10 +8,10 @@ import numpy as np
 from featurizer_client.tensors import TensorFormatError, from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 
-from .engine import EmbedOptions, Embeddings, Predictions, RawImage
-from .errors import InvalidArgument
-from .models import ModelVersion, State
-from .registry import RegistryError, alias_chain
+from featurizer.inference.engine import EmbedOptions, Embeddings, Predictions, RawImage
+from featurizer.inference.errors import InvalidArgument
+from featurizer.inference.models import ModelVersion, State
+from featurizer.registry.registry import RegistryError, alias_chain
 
 _POOLING = {pb.POOLING_DEFAULT: "", pb.POOLING_FLATTEN: "flatten", pb.POOLING_AVG: "avg",
             pb.POOLING_MAX: "max", pb.POOLING_NONE: "none"}

@@ -8,9 +8,9 @@ import asyncio
 import torch
 from torch import nn
 
-from .device import Device
-from .inference import BackboneRunner, Item, Output
-from .manifest import Manifest, ManifestError
+from featurizer.inference.device import Device
+from featurizer.inference.runner import BackboneRunner, Item, Output
+from featurizer.registry.manifest import Manifest, ManifestError
 
 WARMUP_SIZE = 224
 NATIVE_SIZES = ((WARMUP_SIZE, WARMUP_SIZE), (WARMUP_SIZE + 32, WARMUP_SIZE + 64))

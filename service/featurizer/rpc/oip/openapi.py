@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .metadata import EMBEDDINGS, IMAGES, LABELS, PIXELS, PROBABILITIES, TENSOR
+from featurizer.rpc.oip.metadata import EMBEDDINGS, IMAGES, LABELS, PIXELS, PROBABILITIES, TENSOR
 
 
 def _json(schema: str) -> dict:

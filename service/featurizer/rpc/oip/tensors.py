@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from featurizer.inference.errors import InvalidArgument
 
 NUMPY_BY_DATATYPE: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import alexnet as tv_alexnet
 
-from .manifest import InputSpec, ManifestError, POOLINGS
+from featurizer.registry.manifest import InputSpec, ManifestError, POOLINGS
 
 Builder = Callable[..., nn.Module]
 _BUILDERS: dict[str, Builder] = {}

@@ -25,18 +25,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from . import __version__
-from .device import Device
-from .engine import Engine
-from .errors import FeaturizerError
-from .interceptors import ObservabilityInterceptor, TokenAuthInterceptor
-from .metrics import Metrics
-from .models import ModelManager
-from .oip import grpc_service as oip_grpc, health_ready
-from .oip.http import HttpServer
-from .registry import Registry
-from .servicer import FeaturizerServicer
-from .settings import Settings
+from featurizer import __version__
+from featurizer.inference.device import Device
+from featurizer.inference.engine import Engine
+from featurizer.inference.errors import FeaturizerError
+from featurizer.rpc.interceptors import ObservabilityInterceptor, TokenAuthInterceptor
+from featurizer.metrics import Metrics
+from featurizer.inference.models import ModelManager
+from featurizer.rpc.oip import grpc_service as oip_grpc, health_ready
+from featurizer.rpc.oip.http import HttpServer
+from featurizer.registry.registry import Registry
+from featurizer.rpc.servicer import FeaturizerServicer
+from featurizer.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Featurizer"].full_name

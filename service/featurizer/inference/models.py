@@ -19,14 +19,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from .device import Device
-from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .loading import ModelVersion, State, VersionLoader
-from .manifest import MANIFEST_FILE, Manifest
-from .metrics import Metrics
-from .registry import Registry, RegistryError, VersionDir, alias_chain
-from .registry_io import BoundedReads
-from .settings import Settings
+from featurizer.inference.device import Device
+from featurizer.inference.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from featurizer.inference.loading import ModelVersion, State, VersionLoader
+from featurizer.registry.manifest import MANIFEST_FILE, Manifest
+from featurizer.metrics import Metrics
+from featurizer.registry.registry import Registry, RegistryError, VersionDir, alias_chain
+from featurizer.registry.reads import BoundedReads
+from featurizer.settings import Settings
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 60.0

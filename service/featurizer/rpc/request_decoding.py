@@ -15,7 +15,7 @@ from typing import Any, Optional
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
-from .errors import InvalidArgument
+from featurizer.inference.errors import InvalidArgument
 
 MAX_SHOWN_BYTES = 40
 

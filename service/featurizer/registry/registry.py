@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
-from .manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
-from .registry_files import (DIR_MODE, FILE_MODE, RegistryError, UnreadableError, make_dirs, open_confined,
+from featurizer.registry.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
+from featurizer.registry.files import (DIR_MODE, FILE_MODE, RegistryError, UnreadableError, make_dirs, open_confined,
                              read_confined, sha256_stream)
 
 ALIASES_FILE = "aliases.json"

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file
 
-from .builders import apply_pooling, build
-from .manifest import Manifest, ManifestError, parse_manifest
-from .registry import Registry, RegistryError, sha256_file
+from featurizer.architectures.builders import apply_pooling, build
+from featurizer.registry.manifest import Manifest, ManifestError, parse_manifest
+from featurizer.registry.registry import Registry, RegistryError, sha256_file
 
 NO_SHA256 = "0" * 64  # placeholder: publishing computes the real digest
 TORCHVISION_ARCHS = ("alexnet",)

@@ -15,10 +15,10 @@ import grpc
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 
-from . import convert
-from .engine import Engine
-from .errors import NotFound, grpc_status
-from .models import ModelManager
+from featurizer.rpc import convert
+from featurizer.inference.engine import Engine
+from featurizer.inference.errors import NotFound, grpc_status
+from featurizer.inference.models import ModelManager
 
 log = logging.getLogger(__name__)
 STREAM_WINDOW = 16  # stream items processed concurrently (answers still leave in order)

@@ -21,16 +21,16 @@ from typing import Any, Optional
 import grpc
 from aiohttp import web
 
-from .. import __version__
-from ..engine import Engine
-from ..errors import FeaturizerError, InvalidArgument, grpc_status
-from ..models import ModelManager
-from ..settings import Settings
-from . import tensors
-from .grpc_service import model_ready
-from .infer import infer
-from .metadata import EXTENSIONS, SERVER_NAME, parse_version, signature
-from .openapi import openapi_document
+from featurizer import __version__
+from featurizer.inference.engine import Engine
+from featurizer.inference.errors import FeaturizerError, InvalidArgument, grpc_status
+from featurizer.inference.models import ModelManager
+from featurizer.settings import Settings
+from featurizer.rpc.oip import tensors
+from featurizer.rpc.oip.grpc_service import model_ready
+from featurizer.rpc.oip.infer import infer
+from featurizer.rpc.oip.metadata import EXTENSIONS, SERVER_NAME, parse_version, signature
+from featurizer.rpc.oip.openapi import openapi_document
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"

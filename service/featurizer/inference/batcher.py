@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Optional, Protocol, TypeVar
 
-from .errors import DeadlineExceeded, FeaturizerError, InferenceFailed, Overloaded, Unavailable
+from featurizer.inference.errors import DeadlineExceeded, FeaturizerError, InferenceFailed, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 

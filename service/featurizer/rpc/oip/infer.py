@@ -15,13 +15,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..engine import DEFAULT_TOP_K, EmbedOptions, Engine
-from ..errors import InvalidArgument
-from ..manifest import POOLINGS
-from ..models import ModelManager, ModelVersion
-from ..preparation import RawImage
-from .metadata import EMBEDDINGS, IMAGES, LABELS, PIXELS, PROBABILITIES, TENSOR, Signature, is_classifier, signature
-from .tensors import Tensor
+from featurizer.inference.engine import DEFAULT_TOP_K, EmbedOptions, Engine
+from featurizer.inference.errors import InvalidArgument
+from featurizer.registry.manifest import POOLINGS
+from featurizer.inference.models import ModelManager, ModelVersion
+from featurizer.inference.preparation import RawImage
+from featurizer.rpc.oip.metadata import EMBEDDINGS, IMAGES, LABELS, PIXELS, PROBABILITIES, TENSOR, Signature, is_classifier, signature
+from featurizer.rpc.oip.tensors import Tensor
 
 EMBED_PARAMETERS = ("layer", "pooling", "normalize")
 

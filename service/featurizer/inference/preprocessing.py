@@ -18,8 +18,8 @@ import torchvision.transforms.functional as TF  # the functions ImageClassificat
 from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .errors import InvalidArgument
-from .manifest import InputSpec
+from featurizer.inference.errors import InvalidArgument
+from featurizer.registry.manifest import InputSpec
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding, with a clear status
 _SIGNATURES = (

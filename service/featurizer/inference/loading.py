@@ -20,19 +20,19 @@ from typing import Optional
 
 from torch import nn
 
-from .batcher import Batcher
-from .builders import build
-from .device import Device
-from .errors import FailedPrecondition
-from .inference import BackboneRunner, FeatureOutput, HeadOutput
-from .manifest import Manifest, ManifestError
-from .metrics import Metrics
-from .registry import Registry, RegistryError
-from .registry_io import BoundedReads
-from .settings import Settings
-from .warmup import check_output, min_side, own_pooling, warm_up
+from featurizer.inference.batcher import Batcher
+from featurizer.architectures.builders import build
+from featurizer.inference.device import Device
+from featurizer.inference.errors import FailedPrecondition
+from featurizer.inference.runner import BackboneRunner, FeatureOutput, HeadOutput
+from featurizer.registry.manifest import Manifest, ManifestError
+from featurizer.metrics import Metrics
+from featurizer.registry.registry import Registry, RegistryError
+from featurizer.registry.reads import BoundedReads
+from featurizer.settings import Settings
+from featurizer.inference.warmup import check_output, min_side, own_pooling, warm_up
 
-log = logging.getLogger("featurizer.models")
+log = logging.getLogger("featurizer.inference.models")
 LOAD_ERRORS = (ManifestError, RegistryError, ValueError, RuntimeError, OSError, FailedPrecondition)
 INTERNAL_REASON = "internal error while loading this version; the server log has the details"
 
