@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from featurizer.architectures.builders import LARGENET_INPUT, build
+from featurizer.architectures import build
 from featurizer.demo import init_demo
 from featurizer.registry.manifest import Manifest, OutputSpec
+from featurizer.registry.presets import LARGENET_INPUT
 
 LARGENET_LABELS = ("negative", "positive")
 

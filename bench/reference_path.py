@@ -12,13 +12,13 @@ from collections.abc import Sequence
 import torch
 
 from featurizer.demo import seeded_alexnet
-from featurizer.registry.manifest import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-from featurizer.inference.preprocessing import ImageLimits, decode, normalize_batch, resize_for
+from featurizer.inference.normalize import Normalizer
+from featurizer.inference.preprocessing import ImageLimits, decode, resize_for
+from featurizer.registry.manifest import InputSpec
 
 SPEC = InputSpec()  # resize 256, centre crop 224: the demo manifest's input
 LIMITS = ImageLimits(max_image_bytes=32 * 1024 * 1024, max_image_pixels=40_000_000)
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+_NORMALIZE = Normalizer(SPEC)
 
 
 def load_features(channels_last: bool = True) -> torch.nn.Module:
@@ -35,7 +35,7 @@ def preprocess(data: bytes) -> torch.Tensor:
 @torch.inference_mode()
 def forward(model: torch.nn.Module, images: Sequence[torch.Tensor], channels_last: bool = True) -> torch.Tensor:
     """uint8 images -> float32 [N, 9216]: stack, normalise, features, flatten."""
-    x = normalize_batch(torch.stack(list(images)), _MEAN, _STD)
+    x = _NORMALIZE(torch.stack(list(images)))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return torch.flatten(model(x), 1)

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.utils import make_grid
 
-from featurizer.architectures.builders import ALEXNET_LAYER_NAMES, resolve_alexnet_layer
+from featurizer.architectures import ArchitectureError, LayeredFeatures
 from featurizer.inference.device import Device
-from featurizer.registry.manifest import ManifestError
-from featurizer.inference.preprocessing import ImageLimits, decode, normalize_batch, resize_for
+from featurizer.inference.normalize import Normalizer
+from featurizer.inference.preprocessing import ImageLimits, decode, resize_for
+from featurizer.registry.manifest import InputSpec
 from featurizer.registry.registry import Registry
 from featurizer.training.backbone import load_module, resolve
 
@@ -40,15 +42,11 @@ def grid_shape(tiles: int) -> tuple[int, int]:
 
 
 def tile_grid(tiles: np.ndarray) -> Image.Image:
-    """uint8 ``[N, h, w, 3]`` tiles -> one RGB image, row-major, separated by PAD background pixels."""
-    count, height, width, _ = tiles.shape
-    rows, columns = grid_shape(count)
-    canvas = np.full((rows * (height + PAD) + PAD, columns * (width + PAD) + PAD, 3), BACKGROUND, np.uint8)
-    for index, tile in enumerate(tiles):
-        top = PAD + (index // columns) * (height + PAD)
-        left = PAD + (index % columns) * (width + PAD)
-        canvas[top:top + height, left:left + width] = tile
-    return Image.fromarray(canvas, "RGB")
+    """uint8 ``[N, h, w, 3]`` tiles -> one RGB image, row-major, separated by PAD background pixels
+    (torchvision's ``make_grid`` with ``grid_shape``'s columns)."""
+    _, columns = grid_shape(len(tiles))
+    grid = make_grid(torch.from_numpy(tiles).permute(0, 3, 1, 2), nrow=columns, padding=PAD, pad_value=BACKGROUND)
+    return Image.fromarray(grid.permute(1, 2, 0).numpy(), "RGB")
 
 
 def upscale(tiles: np.ndarray) -> np.ndarray:
@@ -83,17 +81,15 @@ def first_conv(module: nn.Module, model: str) -> nn.Conv2d:
 
 
 @torch.inference_mode()
-def layer_maps(module: nn.Module, spec, image: bytes, layer: int, where: str) -> torch.Tensor:
+def layer_maps(module: LayeredFeatures, spec: InputSpec, image: bytes, layer: int, where: str) -> torch.Tensor:
     """One image through the server's preprocessing, the stack's output after ``layer``: ``[C, H, W]``."""
     pixels = resize_for(decode(image, _LIMITS, where=where), spec).unsqueeze(0)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return module.forward_taps(normalize_batch(pixels, mean, std), {layer})[layer][0].float()
+    return module.forward_taps(Normalizer(spec)(pixels), {layer})[layer][0].float()
 
 
-def draw(registry: Path, model: str, output: Path, image: Optional[Path] = None, layer: str = "conv1",
+def draw(registry: Path, model: str, output: Path, image: Optional[Path] = None, layer: Optional[str] = None,
          filters: bool = False) -> tuple[int, Image.Image]:
-    """Write the PNG; returns (tiles drawn, the picture)."""
+    """Write the PNG; returns (tiles drawn, the picture). ``layer`` None = the model's first layer."""
     reg = Registry(registry)
     name, version = resolve(reg, model, option="--model")
     device = Device.create("cpu", channels_last="off")
@@ -101,21 +97,18 @@ def draw(registry: Path, model: str, output: Path, image: Optional[Path] = None,
         module, manifest = load_module(reg, name, version, device)
     finally:
         device.close()
-    if manifest.kind != "features" or not hasattr(module, "forward_taps"):
+    if manifest.kind != "features" or not isinstance(module, LayeredFeatures):
         raise VisualizeError(f"--model: {model!r} is a {manifest.kind} model ({manifest.architecture}); "
-                             "visualize draws layered features models such as alexnet_features")
+                             "visualize draws layered features models such as alexnet_features or vgg11_features")
     if filters:
         tiles = kernels_rgb(first_conv(module, model).weight.detach().cpu())
     else:
         if image is None:
             raise VisualizeError("IMAGE: an image file is needed to draw feature maps (or pass --filters)")
         try:
-            index = resolve_alexnet_layer(layer)
-        except ManifestError as error:
+            index = module.resolve_layer(layer if layer is not None else 0)  # the model's own layer names
+        except ArchitectureError as error:
             raise VisualizeError(f"--layer: {error}") from None
-        if index > module.cut:
-            raise VisualizeError(f"--layer: {layer!r} comes after {name}@{version}'s last layer "
-                                 f"({ALEXNET_LAYER_NAMES[module.cut]})")
         tiles = colourise(layer_maps(module, manifest.input, Path(image).read_bytes(), index, str(image)))
     picture = tile_grid(upscale(tiles))
     picture.save(output, format="PNG")

@@ -11,7 +11,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from featurizer.architectures.builders import ALEXNET_LAYERS
+from featurizer.architectures.alexnet import ALEXNET_LAYERS
 from featurizer.cli import main
 from tests.support.images import encode, photos
 from tests.support.reference import preset_tensor, torchvision_alexnet

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from featurizer.architectures import builders
+from featurizer.architectures import list_builders, register_builder
 from featurizer.registry.manifest import InputSpec, Manifest, OutputSpec
 from featurizer.registry.registry import Registry
 
@@ -56,9 +56,9 @@ class RaisingNet(nn.Module):
 
 
 def _register() -> None:
-    if "test_gated" not in builders.list_builders():
-        builders.register_builder("test_gated")(lambda *, gate="default": GatedNet(gate))
-        builders.register_builder("test_raising")(lambda *, after=1: RaisingNet(after))
+    if "test_gated" not in list_builders():
+        register_builder("test_gated")(lambda *, gate="default": GatedNet(gate))
+        register_builder("test_raising")(lambda *, after=1: RaisingNet(after))
 
 
 _register()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from featurizer.architectures.builders import LARGENET_INPUT
+from featurizer.registry.presets import LARGENET_INPUT
 from featurizer.inference.device import DEFAULT_THREADS, per_thread_intra_op
 from featurizer.inference.errors import InvalidArgument
 from featurizer.registry.manifest import InputSpec

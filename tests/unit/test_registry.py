@@ -1,4 +1,5 @@
-"""The registry on disk (scan, atomic publish, integrity, aliases) and the builders it names."""
+"""The registry on disk (scan, atomic publish, integrity, aliases); the builders it names are
+tested in test_architectures.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import threading
 import pytest
 import torch
 
-from featurizer.architectures.builders import ALEXNET_LAYERS, apply_pooling, build, list_builders
-from featurizer.registry.manifest import ManifestError
+from featurizer.architectures import build
 from featurizer.registry.registry import Registry, RegistryError, alias_chain, parse_target, sha256_file
-from tests.support.reference import torchvision_alexnet
 from tests.support.registries import flip_byte, publish_largenet
 
 PUBLISHERS = 6
@@ -106,38 +105,3 @@ def test_publish_file_refuses_files_that_are_not_safetensors(tmp_path):
     with pytest.raises(RegistryError, match="not a valid safetensors file"):
         registry.publish_file("m", registry.manifest("largenet", 1), bogus)
     assert not (registry.root / "m").exists()
-
-
-def test_alexnet_features_cuts_and_taps_are_torchvisions_prefixes():
-    reference = torchvision_alexnet()
-    x = torch.randn(1, 3, 96, 112, generator=torch.Generator().manual_seed(0))
-    expected = []  # torchvision's own layers one at a time: features[:i+1](x) for every i, in one pass
-    with torch.inference_mode():
-        out = x
-        for layer in reference.features:
-            out = layer(out.clone())
-            expected.append(out)
-        for layer, index in ALEXNET_LAYERS.items():
-            stack = build("alexnet_features", {"layer": layer, "pooling": "none"}).eval()
-            stack.load_state_dict({k: v for k, v in reference.state_dict().items() if k in stack.state_dict()})
-            assert torch.allclose(stack(x), expected[index], atol=1e-5), layer
-        taps = stack.forward_taps(x, set(range(len(ALEXNET_LAYERS))))  # every layer of the last (pool5) stack
-    assert sorted(taps) == list(range(len(ALEXNET_LAYERS)))
-    for index, tap in taps.items():  # each tap survives the in-place ReLUs that follow it
-        assert torch.allclose(tap, expected[index], atol=1e-5), index
-
-
-def test_builders_refuse_unknown_names_params_and_poolings():
-    assert {"alexnet_features", "largenet", "alexnet_classifier", "feature_head"} <= set(list_builders())
-    with pytest.raises(ManifestError, match="unknown architecture 'vgg'"):
-        build("vgg", {})
-    with pytest.raises(ManifestError, match="bad params for 'largenet'"):
-        build("largenet", {"classes": 3})
-    with pytest.raises(ManifestError, match="unknown layer 'conv9'"):
-        build("alexnet_features", {"layer": "conv9"})
-    with pytest.raises(ManifestError, match="params.pooling must be one of"):
-        build("alexnet_features", {"pooling": "median"})
-    x = torch.arange(24.0).reshape(1, 2, 3, 4)
-    assert apply_pooling(x, "flatten").shape == (1, 24)
-    assert torch.equal(apply_pooling(x, "avg"), x.mean(dim=(2, 3)))
-    assert torch.equal(apply_pooling(x, "max"), x.amax(dim=(2, 3)))

@@ -20,11 +20,11 @@ from typing import Optional, Protocol, Union
 import torch
 from torch import nn
 
-from featurizer.architectures.builders import apply_pooling
+from featurizer.architectures import LayeredFeatures, Pooling, apply_pooling
 from featurizer.inference.device import Device
 from featurizer.inference.errors import InferenceFailed
+from featurizer.inference.normalize import Normalizer
 from featurizer.registry.manifest import InputSpec
-from featurizer.inference.preprocessing import normalize_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class FeatureOutput:
     """Backbone output after layer ``layer`` (None = the model's own output), pooled."""
 
     layer: Optional[int]
-    pooling: str
+    pooling: Pooling
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,10 +70,7 @@ class BackboneRunner:
         self.device = device
         self.observer = observer
         self.forward_passes = 0
-        self._mean = torch.tensor(spec.mean, device=device.torch_device).view(1, 3, 1, 1)
-        self._std = torch.tensor(spec.std, device=device.torch_device).view(1, 3, 1, 1)
-        self._tapped = hasattr(module, "forward_taps")
-        self._own_layer = getattr(module, "cut", None)
+        self._normalize = Normalizer(spec, device.torch_device)
 
     async def __call__(self, items: list[Item]) -> list[Union[tuple[torch.Tensor, ...], BaseException]]:
         return await asyncio.get_running_loop().run_in_executor(self.device.executor, self.run, items)
@@ -92,7 +89,7 @@ class BackboneRunner:
                 log.exception("forward pass of %d images on %s failed", len(group), self.name)
                 error = InferenceFailed(f"inference failed for model {self.name}; the server log has details")
                 rows = [error] * len(group)
-            for i, row in zip(indices, rows):
+            for i, row in zip(indices, rows, strict=True):
                 results[i] = row
         return results
 
@@ -105,7 +102,7 @@ class BackboneRunner:
         with torch.inference_mode(), self.device.autocast():
             x = self.device.upload([item.tensor for item in group])  # NCHW, once, in the model's memory format
             if x.dtype == torch.uint8:
-                x = normalize_batch(x, self._mean, self._std)  # on the device; keeps the memory format
+                x = self._normalize(x)  # on the device; keeps the memory format
             outs = self._forward(x, wanted)
             host = {o: self.device.download(self._compute(o, outs, rows, len(group))) for o, rows in wanted.items()}
         self.forward_passes += 1
@@ -115,11 +112,12 @@ class BackboneRunner:
         return [tuple(host[o][position[o][i]] for o in item.outputs) for i, item in enumerate(group)]
 
     def _forward(self, x: torch.Tensor, wanted: dict[Output, list[int]]) -> dict[Optional[int], torch.Tensor]:
-        if not self._tapped:
-            return {None: self.module(x)}
-        taps = {self._own_layer} | {o.layer for o in wanted if isinstance(o, FeatureOutput) and o.layer is not None}
-        outs: dict[Optional[int], torch.Tensor] = dict(self.module.forward_taps(x, taps))
-        outs[None] = outs[self._own_layer]
+        module = self.module
+        if not isinstance(module, LayeredFeatures):
+            return {None: module(x)}
+        taps = {module.cut} | {o.layer for o in wanted if isinstance(o, FeatureOutput) and o.layer is not None}
+        outs: dict[Optional[int], torch.Tensor] = dict(module.forward_taps(x, taps))
+        outs[None] = outs[module.cut]
         return outs
 
     @staticmethod

@@ -8,6 +8,7 @@ import asyncio
 import torch
 from torch import nn
 
+from featurizer.architectures import LayeredFeatures, Pooling
 from featurizer.inference.device import Device
 from featurizer.inference.runner import BackboneRunner, Item, Output
 from featurizer.registry.manifest import Manifest, ManifestError
@@ -45,16 +46,16 @@ def min_side(module: nn.Module, device: Device) -> int:
     return low
 
 
-def own_pooling(module: nn.Module) -> str:
-    """The pooling a layered feature stack applies to its own output ('none' for other modules)."""
-    return getattr(module, "pooling", "none") if hasattr(module, "forward_taps") else "none"
+def own_pooling(module: nn.Module) -> Pooling:
+    """The pooling a layered feature stack applies to its own output (none for other modules)."""
+    return module.pooling if isinstance(module, LayeredFeatures) else Pooling.NONE
 
 
 def check_output(manifest: Manifest, shape: tuple[int, ...]) -> None:
     """The measured per-image shape must match the manifest's promise (-1 matches any size), and a
     classifier's labels its output units."""
     declared = manifest.output.shape
-    if declared and (len(declared) != len(shape) or any(d not in (-1, m) for d, m in zip(declared, shape))):
+    if declared and (len(declared) != len(shape) or any(d not in (-1, m) for d, m in zip(declared, shape, strict=True))):
         raise ManifestError(f"'output.shape' is {list(declared)} but the model produces {list(shape)}")
     labels = manifest.output.labels
     if manifest.kind == "features" or not labels:

@@ -1,7 +1,7 @@
 """The training loop: mini-batch SGD on model-ready tensors, seeded, with a tqdm progress bar.
 
 Inputs are what the served model receives: uint8 images normalised with the manifest's mean/std
-(``preprocessing.normalize_batch``), or the backbone's cached feature maps for heads.
+(``inference.normalize.Normalizer``), or the backbone's cached feature maps for heads.
 """
 
 from __future__ import annotations
