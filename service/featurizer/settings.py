@@ -10,12 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 ENV_PREFIX = "FEATURIZER_"
+
+
+def default_registry() -> Path:
+    """Where ``featurizer serve`` without ``--registry`` creates and serves the embedded demo
+    registry: the user's cache directory."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("featurizer")) / "registry"
 
 
 class SettingsError(ValueError):
@@ -109,22 +119,25 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _converter(tp: Any):
-    text = str(tp)
-    if "Path" in text:
-        return Path
-    if "int" in text:
-        return int
-    if "float" in text:
-        return float
-    return str
+CONVERTERS: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, Path: Path}
+
+
+def _converter(annotation: Any) -> Callable[[str], Any]:
+    """How a flag's or env variable's text becomes the field's value: from the field's real type
+    (``Optional[X]`` -> X), looked up in CONVERTERS; a type with no converter fails at start-up."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if annotation not in CONVERTERS:
+        raise TypeError(f"Settings: no converter for fields of type {annotation!r}; add one to CONVERTERS")
+    return CONVERTERS[annotation]
 
 
 def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     """One flag per Settings field; the help shows the env variable and the default."""
     env = os.environ if env is None else env
+    hints = typing.get_type_hints(Settings)  # the annotations as types, not the strings of __future__
     for f in dataclasses.fields(Settings):
-        convert = _converter(f.type)
+        convert = _converter(hints[f.name])
         default = f.default
         raw = env.get(env_name(f.name))
         if raw is not None and raw != "":

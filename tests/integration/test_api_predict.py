@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from featurizer.architectures.builders import build
+from featurizer.architectures import build
 from featurizer_client.tensors import from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 from tests.support.images import encode, encoded_photos, photos

@@ -14,7 +14,7 @@ import pytest
 import torch
 from featurizer_client.v1 import featurizer_pb2 as pb
 
-from featurizer.architectures.builders import ALEXNET_LAYERS
+from featurizer.architectures.alexnet import ALEXNET_LAYERS
 from featurizer.cli import main as featurizer_cli
 from tests.support.images import photos
 from tests.support.reference import preset_tensor, torchvision_alexnet

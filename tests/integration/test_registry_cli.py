@@ -13,7 +13,8 @@ from featurizer_client.v1 import featurizer_pb2 as pb
 from safetensors.torch import save_file
 from torchvision.models import AlexNet_Weights
 
-from featurizer.architectures.builders import ALEXNET_LAYERS, build
+from featurizer.architectures import build
+from featurizer.architectures.alexnet import ALEXNET_LAYERS
 from featurizer.cli import main as featurizer_cli
 from tests.support.images import photos
 from tests.support.reference import preset_tensor, torchvision_alexnet

@@ -25,7 +25,7 @@ from featurizer_client.tensors import to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 
-from featurizer.architectures import builders
+from featurizer.architectures import list_builders, register_builder
 from featurizer.registry.manifest import Manifest, OutputSpec
 from featurizer.inference.loading import INTERNAL_REASON
 from featurizer.registry.registry import Registry
@@ -141,8 +141,8 @@ def _buggy(**params) -> None:
     raise FeaturizerBug("a builder bug: featurizer's own code raised")
 
 
-if "test_buggy" not in builders.list_builders():
-    builders.register_builder("test_buggy")(_buggy)
+if "test_buggy" not in list_builders():
+    register_builder("test_buggy")(_buggy)
 
 
 def publish_buggy(root: Path, version: int) -> int:

@@ -13,7 +13,7 @@ from featurizer_client.v1 import featurizer_pb2 as pb
 from safetensors.torch import load_file
 from torchvision.transforms.functional import normalize
 
-from featurizer.architectures.builders import ALEXNET_LAYERS
+from featurizer.architectures.alexnet import ALEXNET_LAYERS
 from featurizer.registry.manifest import IMAGENET_MEAN, IMAGENET_STD
 from tests.support.images import photos
 from tests.support.reference import preset_tensor, torchvision_alexnet

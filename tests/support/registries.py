@@ -10,9 +10,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from featurizer.architectures.builders import LARGENET_INPUT, build
+from featurizer.architectures import build
 from featurizer.demo import alexnet_features_manifest, features_state, seeded_alexnet
 from featurizer.registry.manifest import BackboneRef, InputSpec, Manifest, OutputSpec
+from featurizer.registry.presets import LARGENET_INPUT
 from featurizer.registry.registry import Registry
 
 NATIVE = InputSpec(mode="native", resize=None, height=None, width=None)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 
 import pytest
 
-from featurizer.registry.manifest import InputSpec, ManifestError, load_manifest, parse_manifest
+from featurizer.registry.manifest import (BackboneRef, InputMode, InputSpec, Kind, Manifest, ManifestError, OutputSpec,
+                                          load_manifest, parse_manifest)
 
 SHA = "0123456789abcdef" * 4
 
@@ -73,6 +76,15 @@ def mutated(raw: dict, path: str, value) -> dict:
     ("batching.max_batch_size", -4, "'batching.max_batch_size' must be a positive integer, got -4"),
     ("batching.max_delay_ms", -1, "'batching.max_delay_ms' must be >= 0, got -1"),
     ("backbone", {"model": "alexnet", "version": 1}, "only heads have a 'backbone'; this is a 'features' model"),
+    ("kind", KeyError, "'kind' is missing"),
+    ("input", 5, "'input' must be an object, got 5"),
+    ("input.resize", None, "'input.resize' must be a positive integer, got None"),
+    ("input.mean", [0.5, float("nan"), 0.5], "'input.mean' must be 3 finite numbers, got [0.5, nan, 0.5]"),
+    ("output.shape", "384", "'output.shape' must be a list of positive integers (or -1), got '384'"),
+    ("weights.sha256", KeyError, "'weights.sha256' must be 64 lowercase hex digits, got ''"),
+    ("weights", KeyError, "'weights.sha256' must be 64 lowercase hex digits, got ''"),
+    ("weights.file", ".safetensors", "'weights.file' must be a .safetensors file name"),
+    ("batching.max_batch_size", 2.0, "'batching.max_batch_size' must be a positive integer, got 2.0"),
 ])
 def test_features_manifest_errors_name_field_and_value(path, value, message):
     with pytest.raises(ManifestError) as error:
@@ -102,3 +114,36 @@ def test_unreadable_files_are_reported_with_their_path(tmp_path):
     (tmp_path / "model.json").write_text("[1, 2]")
     with pytest.raises(ManifestError, match="must be a JSON object"):
         load_manifest(tmp_path / "model.json")
+
+
+def test_every_broken_field_is_named_at_once():
+    raw = mutated(mutated(features_raw(), "input.height", 0), "weights.sha256", "x")
+    with pytest.raises(ManifestError) as error:
+        parse_manifest(raw, "m/1/model.json")
+    assert "'input.height' must be a positive integer, got 0" in str(error.value)
+    assert "'weights.sha256' must be 64 lowercase hex digits, got 'x'" in str(error.value)
+
+
+def test_kinds_and_modes_are_enum_members():
+    features, head = parse_manifest(features_raw()), parse_manifest(head_raw())
+    assert features.kind is Kind.FEATURES and head.kind is Kind.HEAD and features.input.mode is InputMode.RESIZE_CROP
+    assert Manifest(kind="classifier", architecture="largenet", output=OutputSpec(labels=("a",))).kind is Kind.CLASSIFIER
+
+
+def test_sizes_a_mode_does_not_use_and_a_heads_input_are_ignored():
+    native = parse_manifest(mutated(features_raw(), "input", {"mode": "native", "height": 0, "resize": "x"})).input
+    assert (native.resize, native.height, native.width) == (None, None, None)
+    assert parse_manifest(mutated(features_raw(), "input", {"mode": "resize", "resize": 1})).input.resize is None
+    head = parse_manifest({**head_raw(), "input": {"mode": "stretch"}})  # a head reads its backbone's input
+    assert head.input == InputSpec()
+
+
+def test_a_manifest_built_in_code_leaves_the_digest_to_publishing():
+    """Python callers (training, the demo) build manifests before the weights exist; files may not."""
+    built = Manifest(kind="head", architecture="feature_head", backbone=BackboneRef("alexnet", 1),
+                     output=OutputSpec(shape=(2,), labels=("no", "yes")))
+    assert built.weights.sha256 == ""
+    published = dataclasses.replace(built, weights=dataclasses.replace(built.weights, sha256="ab" * 32))
+    assert parse_manifest(json.loads(published.to_json())) == published
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.kind = Kind.FEATURES  # type: ignore[misc]

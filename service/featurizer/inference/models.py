@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator, Iterable
 
 from featurizer.inference.device import Device
 from featurizer.inference.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from featurizer.inference.loading import ModelVersion, State, VersionLoader
-from featurizer.registry.manifest import MANIFEST_FILE, Manifest
+from featurizer.inference.loading import HeadServing, ModelVersion, VersionLoader
+from featurizer.registry.manifest import MANIFEST_FILE, Kind, Manifest
 from featurizer.metrics import Metrics
-from featurizer.registry.registry import Registry, RegistryError, VersionDir, alias_chain
+from featurizer.registry.names import resolve_name
+from featurizer.registry.registry import Registry, RegistryError, VersionDir
 from featurizer.registry.reads import BoundedReads
 from featurizer.settings import Settings
+from featurizer.states import ModelState
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 60.0
@@ -97,12 +99,12 @@ class ModelManager:
         """A head whose backbone is gone or not AVAILABLE stops serving: FAILED with the reason, and
         reloaded on a later scan once the backbone is back."""
         for mv in self.versions.values():
-            if mv.head is None or mv.state is not State.AVAILABLE:
+            if not isinstance(mv.serving, HeadServing) or mv.state is not ModelState.AVAILABLE:
                 continue
-            ref = mv.manifest.backbone
+            ref = mv.serving.backbone
             backbone = self.versions.get((ref.model, ref.version))
-            if backbone is None or backbone.state is not State.AVAILABLE:
-                mv.state, mv.reason = State.FAILED, f"backbone {ref.model}@{ref.version} is not AVAILABLE"
+            if backbone is None or backbone.state is not ModelState.AVAILABLE:
+                mv.wait_for(ref)
                 self._publish_state(mv)
                 log.warning("model %s FAILED: %s", mv.key, mv.reason)
 
@@ -114,21 +116,21 @@ class ModelManager:
         self._publish_state(mv)
         await self.loader.load(mv, manifest)
         if previous is not None:
-            if mv.state is State.FAILED and mv.keep_previous and previous.state is State.AVAILABLE:
+            if mv.state is ModelState.FAILED and mv.keep_previous and previous.state is ModelState.AVAILABLE:
                 previous.reason = f"serving the copy loaded earlier; reloading its changed files failed: {mv.reason}"
                 previous.reload_failed, previous.reload_retry = vd.fingerprint, mv.retry
                 log.warning("model %s keeps serving the copy loaded earlier: %s", mv.key, mv.reason)
                 self._publish_state(previous)
                 return
             self.versions[(vd.model, vd.version)] = mv
-            if previous.state is not State.FAILED:
+            if previous.state is not ModelState.FAILED:
                 self._start_unload(previous, replaced=True)
         self._publish_state(mv)
 
     def _start_unload(self, mv: ModelVersion, replaced: bool = False) -> None:
         """Stop routing to ``mv``; close it once its leases are returned (in-flight calls finish)."""
         if not replaced:
-            mv.state, mv.reason = State.UNLOADING, "removed from the registry; calls in flight finish"
+            mv.state, mv.reason = ModelState.UNLOADING, "removed from the registry; calls in flight finish"
             self._publish_state(mv)
         self.unloading.append(mv)
         task = asyncio.get_running_loop().create_task(self._finish_unload(mv, replaced))
@@ -147,7 +149,7 @@ class ModelManager:
         log.info("model %s unloaded", mv.key)
 
     def _publish_state(self, mv: ModelVersion) -> None:
-        self.metrics.set_model_state(mv.name, mv.version, mv.state.value)
+        self.metrics.set_model_state(mv.name, mv.version, mv.state)
 
     # ----- request side -----------------------------------------------------------------
     def resolve(self, model: str, version: int = 0) -> ModelVersion:
@@ -156,8 +158,7 @@ class ModelManager:
             raise InvalidArgument("model: required (a model name or alias; see ListModels)")
         if version < 0:
             raise InvalidArgument(f"version: must be >= 0 (0 = the default version), got {version}")
-        name, pinned = self.resolve_alias(model)
-        version = version or pinned
+        name, version = self.resolve_alias(model, version)
         candidates = sorted((v for (n, v) in self.versions if n == name), reverse=True)
         draining = [mv for mv in self.unloading if mv.name == name and version in (0, mv.version)]
         if draining and (version == 0 and not candidates or version and (name, version) not in self.versions):
@@ -167,7 +168,7 @@ class ModelManager:
             raise NotFound(f"model {_quote(model)} not found; known models: {', '.join(self.model_names()) or 'none'}")
         if version == 0:
             for v in candidates:
-                if self.versions[(name, v)].state is State.AVAILABLE:
+                if self.versions[(name, v)].state is ModelState.AVAILABLE:
                     return self.versions[(name, v)]
             latest = self.versions[(name, candidates[0])]
             raise Unavailable(f"model {name} has no AVAILABLE version (version {latest.version} is "
@@ -175,24 +176,25 @@ class ModelManager:
         mv = self.versions.get((name, version))
         if mv is None:
             raise NotFound(f"model {name} has no version {version}; versions: {', '.join(map(str, sorted(candidates)))}")
-        if mv.state is State.FAILED:
+        if mv.state is ModelState.FAILED:
             raise FailedPrecondition(f"model {name} version {version} FAILED to load: {mv.reason}")
-        if mv.state is not State.AVAILABLE:
+        if mv.state is not ModelState.AVAILABLE:
             raise Unavailable(f"model {name} version {version} is {mv.state.value}; retry")
         return mv
 
-    def resolve_alias(self, model: str) -> tuple[str, int]:
-        """An alias (or plain name) -> (model, pinned version or 0); a cycle is FAILED_PRECONDITION."""
+    def resolve_alias(self, model: str, version: int = 0) -> tuple[str, int]:
+        """An alias (or plain name) and a requested version -> (model, version or the alias's pin or
+        0), by the registry's rules; a cycle is FAILED_PRECONDITION."""
         try:
-            return alias_chain(self.aliases, model)
+            return resolve_name(self.aliases, model, version)
         except RegistryError as error:
             raise FailedPrecondition(f"alias {_quote(model)}: {error}") from None
 
     def backbone_of(self, mv: ModelVersion) -> ModelVersion:
         """The version whose batcher computes ``mv``'s inputs (itself, unless it is a head)."""
-        if mv.head is None:
+        if not isinstance(mv.serving, HeadServing):
             return mv
-        ref = mv.manifest.backbone
+        ref = mv.serving.backbone
         return self.resolve(ref.model, ref.version)
 
     @contextlib.asynccontextmanager
@@ -217,7 +219,7 @@ class ModelManager:
         return [by_key[k] for k in sorted(by_key)]
 
     def serving_models(self) -> set[str]:
-        return {mv.name for mv in self.versions.values() if mv.state is State.AVAILABLE}
+        return {mv.name for mv in self.versions.values() if mv.state is ModelState.AVAILABLE}
 
     async def wait_unloaded(self) -> None:
         """Wait until every version being unloaded has drained its calls and closed."""
@@ -236,9 +238,9 @@ def _load_order(vd: VersionDir, manifests: dict[tuple[str, int], Manifest | Exce
     """Sort key: not heads (or unreadable) first, then heads, then heads whose backbone is a head."""
     manifest = manifests[(vd.model, vd.version)]
     depth = 0
-    if isinstance(manifest, Manifest) and manifest.kind == "head":
+    if isinstance(manifest, Manifest) and manifest.kind is Kind.HEAD:
         backbone = manifests.get((manifest.backbone.model, manifest.backbone.version))
-        depth = 2 if isinstance(backbone, Manifest) and backbone.kind == "head" else 1
+        depth = 2 if isinstance(backbone, Manifest) and backbone.kind is Kind.HEAD else 1
     return depth, vd.model, vd.version
 
 

@@ -1,87 +1,200 @@
-"""``model.json``: the manifest of one model version, parsed into frozen dataclasses.
+"""``model.json``: the manifest of one model version, parsed into frozen pydantic dataclasses.
 
-The manifest is data, never code. Every check names the field and the value that was wrong,
-so a FAILED version tells its operator exactly what to fix.
+The manifest is data, never code. Pydantic checks the types and bounds; each field's type carries
+the sentence an operator reads when it is wrong, and ``parse_manifest`` turns every failure into one
+``ManifestError`` naming the file, the field and the value, so a FAILED version says what to fix.
+The same classes publish the JSON Schema of model.json (``python -m featurizer.registry.manifest
+--schema`` writes docs/model.schema.json).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-KINDS = ("features", "classifier", "head")
-INPUT_MODES = ("resize_crop", "resize", "native")
-POOLINGS = ("flatten", "avg", "max", "none")
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, ValidationInfo, WrapValidator
+from pydantic import model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+
+class Kind(StrEnum):
+    """What a model returns: feature vectors/maps, labels on its own, or labels from a backbone's features."""
+
+    FEATURES = "features"
+    CLASSIFIER = "classifier"
+    HEAD = "head"
+
+
+class InputMode(StrEnum):
+    """How an image is sized for the network (see ``InputSpec``)."""
+
+    RESIZE_CROP = "resize_crop"
+    RESIZE = "resize"
+    NATIVE = "native"
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MANIFEST_FILE = "model.json"
+_FIELD_ERROR = "manifest_field"  # a field's value is wrong: the message is what it must be
+_RULE_ERROR = "manifest_rule"    # a rule across fields is broken: the message is the whole sentence
+_FROM_FILE = "model.json"        # validation context: read from a file, not built in Python
 
 
 class ManifestError(ValueError):
     """A model.json that is not valid JSON or breaks a rule; the message names the field."""
 
 
+def _expect(sentence: str) -> WrapValidator:
+    """Replace pydantic's wording ('Input should be greater than 0') by what the field must be."""
+    def check(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(_FIELD_ERROR, sentence) from None
+    return WrapValidator(check)
+
+
+def _rule(sentence: str) -> PydanticCustomError:
+    return PydanticCustomError(_RULE_ERROR, sentence)
+
+
+def _one_of(enum: type[StrEnum]) -> str:
+    return "must be one of " + ", ".join(member.value for member in enum)
+
+
+PositiveInt = Annotated[int, Field(strict=True, gt=0), _expect("must be a positive integer")]
+Dimension = Union[Annotated[int, Field(strict=True, gt=0)], Literal[-1]]
+Name = Annotated[str, Field(strict=True, min_length=1)]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0)]
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """How an image becomes the network's input: resize/crop sizes, then mean/std on the device."""
+    """How an image becomes the network's input: resize/crop sizes, then mean/std on the device.
+    Sizes left out are torchvision's ImageNet preset (resize 256, crop 224); resize_crop needs
+    'resize' at least the crop's short side; native inputs take no sizes."""
 
-    mode: str = "resize_crop"
-    resize: Optional[int] = 256          # resize_crop: short side before the centre crop
-    height: Optional[int] = 224          # resize_crop: crop; resize: target; native: unused
-    width: Optional[int] = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mode: Annotated[InputMode, _expect(_one_of(InputMode))] = InputMode.RESIZE_CROP
+    resize: Optional[PositiveInt] = 256  # resize_crop: short side before the centre crop
+    height: Optional[PositiveInt] = 224  # resize_crop: crop; resize: target; native: unused
+    width: Optional[PositiveInt] = 224
+    mean: Annotated[tuple[FiniteFloat, FiniteFloat, FiniteFloat],
+                    _expect("must be 3 finite numbers")] = IMAGENET_MEAN
+    std: Annotated[tuple[PositiveFloat, PositiveFloat, PositiveFloat],
+                   _expect("must be 3 positive numbers")] = IMAGENET_STD
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sizes_of_the_mode(cls, data: Any) -> Any:
+        """A decoded input object keeps only the sizes its mode uses (the others are ignored)."""
+        if isinstance(data, dict):
+            unused = {"native": ("resize", "height", "width"), "resize": ("resize",)}.get(data.get("mode"), ())
+            data = {**data, **{name: None for name in unused}}
+        return data
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> "InputSpec":
+        needed = {InputMode.RESIZE_CROP: ("resize", "height", "width"), InputMode.RESIZE: ("height", "width")}
+        for name in needed.get(self.mode, ()):
+            if getattr(self, name) is None:
+                raise _rule(f"'input.{name}' must be a positive integer, got None")
+        short = min(self.height or 0, self.width or 0)  # both set when the mode crops (just checked)
+        if self.mode is InputMode.RESIZE_CROP and (self.resize or 0) < short:
+            raise _rule(f"'input.resize' ({self.resize}) must be at least the crop's short side ({short})")
+        return self
 
     @property
     def size(self) -> Optional[tuple[int, int]]:
         """(H, W) of every input, or None for native inputs (any size)."""
-        return None if self.mode == "native" else (int(self.height), int(self.width))
+        return None if self.mode is InputMode.NATIVE else (int(self.height), int(self.width))
 
 
 @dataclass(frozen=True)
 class BackboneRef:
     """The features model (pinned version) a head sits on: heads are trained on its features."""
 
-    model: str
-    version: int
+    model: Annotated[Name, _expect("must name a model")]
+    version: PositiveInt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config={"json_schema_extra": {"required": ["sha256"]}})  # in a file; see _rules
 class WeightsRef:
-    file: str = "weights.safetensors"
-    sha256: str = ""
+    """The weights file inside the version directory and its sha256 (publishing computes it)."""
+
+    file: Annotated[str, Field(strict=True, pattern=r"^[^./\\][^/\\]*\.safetensors$"),
+                    _expect("must be a .safetensors file name inside the version directory")] = "weights.safetensors"
+    sha256: Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$"),
+                      _expect("must be 64 lowercase hex digits")] = ""  # "": not published yet
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Per-image output shape (-1 where it depends on input size) and label names."""
+    """Per-image output shape (-1 where it depends on input size; empty: not checked) and label names."""
 
-    shape: tuple[int, ...] = ()
-    labels: tuple[str, ...] = ()
+    shape: Annotated[tuple[Dimension, ...], _expect("must be a list of positive integers (or -1)")] = ()
+    labels: Annotated[tuple[Annotated[str, Field(strict=True)], ...], _expect("must be a list of strings")] = ()
 
 
 @dataclass(frozen=True)
 class BatchingSpec:
     """Per-model overrides of the server-wide batching flags (None = use the flag)."""
 
-    max_batch_size: Optional[int] = None
-    max_delay_ms: Optional[float] = None
+    max_batch_size: Optional[PositiveInt] = None
+    max_delay_ms: Optional[Annotated[float, Field(strict=True, ge=0), _expect("must be >= 0")]] = None
 
 
-@dataclass(frozen=True)
+def _schema_rules(schema: dict[str, Any]) -> None:
+    """The cross-field rules, stated in the published schema too (the validators enforce them)."""
+    schema["required"] = ["kind", "architecture", "weights"]
+    del schema["properties"]["weights"]["default"]  # required in a file: only Python code may leave it out
+    is_head = {"required": ["kind"], "properties": {"kind": {"const": Kind.HEAD.value}}}
+    schema["allOf"] = [
+        {"if": is_head, "then": {"required": ["backbone"], "properties": {"backbone": {"type": "object"}}}, "else": {"properties": {"backbone": {"type": "null"}}}},
+        {"if": {"required": ["kind"], "properties": {"kind": {"enum": [Kind.CLASSIFIER.value, Kind.HEAD.value]}}},
+         "then": {"required": ["output"], "properties": {"output": {"required": ["labels"],
+                                                                    "properties": {"labels": {"minItems": 1}}}}}},
+    ]
+
+
+@dataclass(frozen=True, config={"title": "model.json", "json_schema_extra": _schema_rules})
 class Manifest:
-    kind: str
-    architecture: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    input: InputSpec = InputSpec()
+    """The manifest of one model version: what it is, how to build and feed it, where its weights are."""
+
+    kind: Annotated[Kind, _expect(_one_of(Kind))]
+    architecture: Annotated[Name, _expect("must name a builder")]
+    params: Annotated[dict[str, Any], _expect("must be an object")] = field(default_factory=dict)
+    input: InputSpec = InputSpec()  # heads: their backbone's input is used, this one is ignored
     backbone: Optional[BackboneRef] = None
     output: OutputSpec = OutputSpec()
     weights: WeightsRef = WeightsRef()
     batching: BatchingSpec = BatchingSpec()
-    description: str = ""
+    description: Annotated[str, BeforeValidator(str)] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _heads_take_their_backbones_input(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == Kind.HEAD:
+            data = {k: v for k, v in data.items() if k != "input"}
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self, info: ValidationInfo) -> "Manifest":
+        if self.kind is Kind.HEAD and self.backbone is None:
+            raise _rule("a head needs 'backbone': {'model': name, 'version': n}, got None")
+        if self.kind is not Kind.HEAD and self.backbone is not None:
+            raise _rule(f"only heads have a 'backbone'; this is a {self.kind.value!r} model")
+        if self.kind is not Kind.FEATURES and not self.output.labels:
+            raise _rule(f"a {self.kind.value} model needs 'output.labels'")
+        if info.context == _FROM_FILE and not self.weights.sha256:  # built in Python: publishing computes it
+            raise _rule("'weights.sha256' must be 64 lowercase hex digits, got ''")
+        return self
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -91,98 +204,33 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def _require(ok: bool, where: str, message: str) -> None:
-    if not ok:
-        raise ManifestError(f"{where}: {message}")
-
-
-def _positive_int(value: Any, where: str, name: str, optional: bool = False) -> Optional[int]:
-    if value is None and optional:
-        return None
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, where,
-             f"'{name}' must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _parse_input(raw: Any, where: str) -> InputSpec:
-    _require(isinstance(raw, dict), where, f"'input' must be an object, got {raw!r}")
-    mode = raw.get("mode", "resize_crop")
-    _require(mode in INPUT_MODES, where, f"'input.mode' must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
-    mean = tuple(raw.get("mean", IMAGENET_MEAN))
-    std = tuple(raw.get("std", IMAGENET_STD))
-    _require(len(mean) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in mean), where,
-             f"'input.mean' must be 3 finite numbers, got {list(mean)!r}")
-    _require(len(std) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in std), where,
-             f"'input.std' must be 3 positive numbers, got {list(std)!r}")
-    if mode == "native":
-        return InputSpec(mode=mode, resize=None, height=None, width=None, mean=mean, std=std)
-    default = InputSpec()  # sizes left out: torchvision's ImageNet preset (resize 256, crop 224)
-    height = _positive_int(raw.get("height", default.height), where, "input.height")
-    width = _positive_int(raw.get("width", default.width), where, "input.width")
-    resize = (_positive_int(raw.get("resize", default.resize), where, "input.resize")
-              if mode == "resize_crop" else None)
-    if resize is not None:
-        _require(resize >= min(height, width), where,
-                 f"'input.resize' ({resize}) must be at least the crop's short side ({min(height, width)})")
-    return InputSpec(mode=mode, resize=resize, height=height, width=width, mean=mean, std=std)
+_ADAPTER = TypeAdapter(Manifest)
 
 
 def parse_manifest(raw: Any, where: str = "model.json") -> Manifest:
     """Validate a decoded model.json. ``where`` prefixes every error (e.g. 'alexnet/2/model.json')."""
-    _require(isinstance(raw, dict), where, "the manifest must be a JSON object")
-    kind = raw.get("kind")
-    _require(kind in KINDS, where, f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-    architecture = raw.get("architecture")
-    _require(isinstance(architecture, str) and architecture != "", where,
-             f"'architecture' must name a builder, got {architecture!r}")
-    params = raw.get("params", {})
-    _require(isinstance(params, dict), where, f"'params' must be an object, got {params!r}")
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: the manifest must be a JSON object")
+    try:
+        return _ADAPTER.validate_python(raw, context=_FROM_FILE)
+    except ValidationError as error:
+        raise ManifestError(f"{where}: " + "; ".join(_describe(e) for e in error.errors())) from None
 
-    backbone = None
-    if kind == "head":
-        ref = raw.get("backbone")
-        _require(isinstance(ref, dict) and isinstance(ref.get("model"), str) and ref["model"] != "", where,
-                 f"a head needs 'backbone': {{'model': name, 'version': n}}, got {ref!r}")
-        backbone = BackboneRef(model=ref["model"], version=_positive_int(ref.get("version"), where, "backbone.version"))
-        spec = InputSpec()  # heads use the backbone's input; kept for display only
-    else:
-        _require(raw.get("backbone") is None, where, f"only heads have a 'backbone'; this is a {kind!r} model")
-        spec = _parse_input(raw.get("input", {}), where)
 
-    out = raw.get("output", {})
-    _require(isinstance(out, dict), where, f"'output' must be an object, got {out!r}")
-    shape = out.get("shape", [])
-    _require(isinstance(shape, list) and all(isinstance(d, int) and (d > 0 or d == -1) for d in shape), where,
-             f"'output.shape' must be a list of positive integers (or -1), got {shape!r}")
-    labels = out.get("labels", [])
-    _require(isinstance(labels, list) and all(isinstance(x, str) for x in labels), where,
-             f"'output.labels' must be a list of strings, got {type(labels).__name__}")
-    _require(kind == "features" or labels, where, f"a {kind} model needs 'output.labels'")
-
-    weights = raw.get("weights", {})
-    _require(isinstance(weights, dict), where, f"'weights' must be an object, got {weights!r}")
-    wfile = weights.get("file", "weights.safetensors")
-    _require(isinstance(wfile, str) and wfile.endswith(".safetensors") and "/" not in wfile and "\\" not in wfile
-             and not wfile.startswith("."), where,
-             f"'weights.file' must be a .safetensors file name inside the version directory, got {wfile!r}")
-    sha = weights.get("sha256", "")
-    _require(isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), where,
-             f"'weights.sha256' must be 64 lowercase hex digits, got {sha!r}")
-
-    batching = raw.get("batching", {})
-    _require(isinstance(batching, dict), where, f"'batching' must be an object, got {batching!r}")
-    max_batch = _positive_int(batching.get("max_batch_size"), where, "batching.max_batch_size", optional=True)
-    delay = batching.get("max_delay_ms")
-    _require(delay is None or (isinstance(delay, (int, float)) and delay >= 0), where,
-             f"'batching.max_delay_ms' must be >= 0, got {delay!r}")
-
-    return Manifest(
-        kind=kind, architecture=architecture, params=dict(params), input=spec, backbone=backbone,
-        output=OutputSpec(shape=tuple(shape), labels=tuple(labels)),
-        weights=WeightsRef(file=wfile, sha256=sha),
-        batching=BatchingSpec(max_batch_size=max_batch, max_delay_ms=delay),
-        description=str(raw.get("description", "")),
-    )
+def _describe(error: ErrorDetails) -> str:
+    """One pydantic error as a sentence naming the field ('input.height') and the value."""
+    name = ".".join(str(part) for part in error["loc"])
+    if error["type"] == _RULE_ERROR:
+        return error["msg"]
+    if error["type"] == "missing":
+        return f"'{name}' is missing"
+    got = repr(error["input"])
+    got = got if len(got) <= 200 else got[:197] + "..."
+    if error["type"] == _FIELD_ERROR:
+        return f"'{name}' {error['msg']}, got {got}"
+    if error["type"] in ("dataclass_type", "dict_type", "model_type"):
+        return f"'{name}' must be an object, got {got}"
+    return f"'{name}': {error['msg'][:1].lower()}{error['msg'][1:]}, got {got}"
 
 
 def load_manifest(path: Path, where: str | None = None) -> Manifest:
@@ -194,3 +242,24 @@ def load_manifest(path: Path, where: str | None = None) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"{where}: not valid JSON ({error})") from None
     return parse_manifest(raw, where)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of model.json, generated from the classes above (docs/model.schema.json)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **_ADAPTER.json_schema()}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m featurizer.registry.manifest",
+                                     description="Print the JSON Schema of model.json.")
+    parser.add_argument("--schema", action="store_true", required=True, help="print the JSON Schema")
+    parser.parse_args(argv)
+    print(schema_text(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,8 +16,9 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file
 
-from featurizer.architectures.builders import apply_pooling, build
-from featurizer.registry.manifest import Manifest, ManifestError, parse_manifest
+from featurizer.architectures import apply_pooling, build
+from featurizer.registry.loader import load_module
+from featurizer.registry.manifest import InputMode, Kind, Manifest, ManifestError, parse_manifest
 from featurizer.registry.registry import Registry, RegistryError, sha256_file
 
 NO_SHA256 = "0" * 64  # placeholder: publishing computes the real digest
@@ -50,14 +51,9 @@ def prepare_manifest(raw: Mapping[str, Any], weights_file: Path, where: str) -> 
 
 
 def check_fits(manifest: Manifest, state: Mapping[str, torch.Tensor], where: str) -> torch.nn.Module:
-    """Load ``state`` into the manifest's architecture (strict), as the server will; returns the module."""
-    module = build(manifest.architecture, manifest.params)
-    try:
-        module.load_state_dict(dict(state), strict=True)
-    except RuntimeError as error:
-        raise ManifestError(f"{where}: weights do not fit architecture {manifest.architecture!r}: "
-                            f"{' '.join(str(error).split())[:500]}") from None
-    return module
+    """Load ``state`` into the manifest's architecture (strict) with the server's own loader;
+    returns the module."""
+    return load_module(manifest, state, where)
 
 
 def add_version(registry: Registry, model: str, raw: Mapping[str, Any], weights_file: Path,
@@ -99,17 +95,17 @@ def alexnet_manifest(*, classifier: bool, layer: str, pooling: str) -> Manifest:
     preset = weights.transforms()
     crop, resize = preset.crop_size[0], preset.resize_size[0]
     raw: dict[str, Any] = {
-        "input": {"mode": "resize_crop", "resize": resize, "height": crop, "width": crop,
+        "input": {"mode": InputMode.RESIZE_CROP, "resize": resize, "height": crop, "width": crop,
                   "mean": list(preset.mean), "std": list(preset.std)},
         "weights": {"sha256": NO_SHA256},
         "description": "torchvision AlexNet (layout of AlexNet_Weights.IMAGENET1K_V1)",
     }
     if classifier:
         labels = list(weights.meta["categories"])
-        raw |= {"kind": "classifier", "architecture": "alexnet_classifier", "params": {"num_classes": len(labels)},
+        raw |= {"kind": Kind.CLASSIFIER, "architecture": "alexnet_classifier", "params": {"num_classes": len(labels)},
                 "output": {"shape": [len(labels)], "labels": labels}}
     else:
-        raw |= {"kind": "features", "architecture": "alexnet_features", "params": {"layer": layer, "pooling": pooling}}
+        raw |= {"kind": Kind.FEATURES, "architecture": "alexnet_features", "params": {"layer": layer, "pooling": pooling}}
     return parse_manifest(raw, "import-torchvision")
 
 

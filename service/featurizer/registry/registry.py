@@ -1,7 +1,7 @@
 """The model registry on disk: ``<root>/<model>/<version>/{model.json, weights.safetensors}``.
 
 This module knows the layout and nothing about serving: scanning, aliases, integrity and atomic
-publishing. ``models.py`` turns a scan into loaded, servable versions.
+publishing. ``inference.models`` turns a scan into loaded, servable versions.
 
 Every file read from a registry goes through ``Registry.read_file`` (``registry_files``: confined
 to the root, regular files only, errors named relative to the root), and everything published is
@@ -14,7 +14,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,15 +28,9 @@ from safetensors.torch import load_file, save_file
 from featurizer.registry.manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest
 from featurizer.registry.files import (DIR_MODE, FILE_MODE, RegistryError, UnreadableError, make_dirs, open_confined,
                              read_confined, sha256_stream)
+from featurizer.registry.names import alias_chain, parse_target, parse_version, valid_name
 
 ALIASES_FILE = "aliases.json"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_ALIAS_HOPS = 8
-
-
-def valid_name(name: str) -> bool:
-    """Model and alias names: no path separators, no leading dot, so nothing escapes the root."""
-    return bool(NAME_PATTERN.match(name)) and ".." not in name
 
 
 @dataclass(frozen=True)
@@ -251,39 +244,6 @@ class Registry:
         tmp.write_text(json.dumps(aliases, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, self.root / ALIASES_FILE)
-
-
-def parse_version(name: str) -> Optional[int]:
-    """'3' -> 3; anything else ('03', '0', '.tmp-...', 'x') -> None, so one version has one directory."""
-    if not name.isdigit() or name.startswith("0"):
-        return None
-    return int(name)
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """'model' -> (model, 0); 'model@3' -> (model, 3). Raises RegistryError."""
-    name, _, version = target.partition("@")
-    if not valid_name(name):
-        raise RegistryError(f"alias target {target!r}: invalid model name")
-    if version == "":
-        return name, 0
-    if not version.isdigit() or int(version) <= 0:
-        raise RegistryError(f"alias target {target!r}: version must be a positive integer")
-    return name, int(version)
-
-
-def alias_chain(aliases: Mapping[str, str], name: str) -> tuple[str, int]:
-    """Follow ``name`` through ``aliases`` to (model, version); 0 = default version. The first
-    pinned version on the way wins. Raises RegistryError on a cycle or a bad target."""
-    seen = [name]
-    model, version = name, 0
-    while model in aliases:
-        model, pinned = parse_target(aliases[model])
-        version = version or pinned
-        if model in seen or len(seen) > MAX_ALIAS_HOPS:
-            raise RegistryError(f"alias cycle: {' -> '.join(seen + [model])}")
-        seen.append(model)
-    return model, version
 
 
 def sha256_file(path: Path) -> str:

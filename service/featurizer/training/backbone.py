@@ -11,20 +11,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from featurizer.architectures.builders import build
+from featurizer.architectures import Pooling
 from featurizer.inference.device import Device
 from featurizer.inference.runner import BackboneRunner, FeatureOutput, Item
-from featurizer.registry.manifest import Manifest, ManifestError
-from featurizer.registry.registry import Registry, RegistryError, alias_chain, parse_target
+from featurizer.registry import loader
+from featurizer.registry.manifest import Manifest
+from featurizer.registry.names import parse_target, resolve_name
+from featurizer.registry.registry import Registry, RegistryError
 
 
 def resolve(registry: Registry, name: str, option: str = "--backbone") -> tuple[str, int]:
     """'alexnet', 'alexnet@2' or an alias -> (model, version); no version = the highest published.
     Errors start with ``option``, the flag the name came from."""
     scan = registry.scan()
-    model, version = parse_target(name)
-    model, aliased = alias_chain(scan.aliases, model)  # the server's alias rules
-    version = version or aliased
+    model, version = resolve_name(scan.aliases, *parse_target(name))  # the server's alias rules
     versions = sorted(v for (m, v) in scan.versions if m == model)
     if not versions:
         raise RegistryError(f"{option}: model {name!r} is not in the registry {registry.root}")
@@ -34,20 +34,16 @@ def resolve(registry: Registry, name: str, option: str = "--backbone") -> tuple[
 
 
 def load_module(registry: Registry, model: str, version: int, device: Device) -> tuple[nn.Module, Manifest]:
-    """Build the architecture and load its verified weights, as the server's model loader does."""
+    """Build the architecture and load its verified weights with the server's own loader."""
     manifest = registry.manifest(model, version)
-    module = build(manifest.architecture, manifest.params)
-    try:
-        module.load_state_dict(registry.load_weights(model, version, manifest), strict=True)
-    except RuntimeError as error:
-        raise ManifestError(f"{model}/{version}: weights do not fit {manifest.architecture!r}: {error}") from None
-    return device.prepare(module), manifest
+    state = registry.load_weights(model, version, manifest)
+    return device.prepare(loader.load_module(manifest, state, f"{model}/{version}")), manifest
 
 
 def feature_maps(runner: BackboneRunner, images: torch.Tensor, batch_size: int = 32,
                  progress: bool = True) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` (already resized for the backbone) -> its own output, unpooled."""
-    output = FeatureOutput(None, "none")  # what a head module is given at serving time
+    output = FeatureOutput(None, Pooling.NONE)  # what a head module is given at serving time
     rows: list[torch.Tensor] = []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="features", unit="batch"):
         for result in runner.run([Item(image, (output,)) for image in images[start:start + batch_size]]):
