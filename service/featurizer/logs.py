@@ -35,7 +35,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 
 def access_log(**fields: Any) -> None:
-    """One line per RPC: method, model, version, images, status, latency_ms, request_id, and for a
-    stream ``item_errors`` (per-item failure counts by code: a stream that ends OK may hold some)."""
+    """One line per RPC: method, model, version, images, status, latency_ms, request_id, protocol
+    (featurizer.v1, v2-grpc, v2-http), and for a stream ``item_errors`` (per-item failure counts
+    by code: a stream that ends OK may hold some)."""
     ACCESS.info("%s %s %s", fields.get("method"), fields.get("status"), fields.get("model", ""),
                 extra={"fields": fields})

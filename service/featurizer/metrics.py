@@ -1,8 +1,8 @@
 """Every Prometheus metric featurizer exports, declared once, on a registry owned by the server.
 
 A fresh ``CollectorRegistry`` per ``Metrics`` object lets tests run several servers in one
-process and read ``registry.get_sample_value(...)``. Labels stay low-cardinality: method, model,
-version, state, reason, code, device; never request ids or image sizes. Device memory is read
+process and read ``registry.get_sample_value(...)``. Labels stay low-cardinality: protocol, method,
+model, version, state, reason, code, device; never request ids or image sizes. Device memory is read
 after each batch, on CUDA only (no GPU was available to test that path).
 
 Counters an alert watches start at 0 for every label set known in advance (``model_seen``, and
@@ -12,15 +12,16 @@ from ``increase()``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
+from featurizer.states import ModelState
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
 DROP_REASONS = ("cancelled", "deadline", "overload")  # batcher.py's reasons for not computing an image
 
 
@@ -33,12 +34,14 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        # protocol: featurizer.v1, v2-grpc or v2-http (rpc/observation.py's Protocol); dashboards
+        # and alerts aggregate over it with sum by (...), so series queries from before it still work.
         self.requests = Counter("featurizer_requests", "RPCs handled, by gRPC status code name",
-                                ["method", "model", "code"], registry=r)
+                                ["protocol", "method", "model", "code"], registry=r)
         self.request_duration = Histogram("featurizer_request_duration_seconds", "RPC latency",
-                                          ["method", "model"], buckets=LATENCY_BUCKETS, registry=r)
+                                          ["protocol", "method", "model"], buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("featurizer_in_flight_requests", "RPCs being handled right now",
-                               ["method"], registry=r)
+                               ["protocol", "method"], registry=r)
         self.images = Counter("featurizer_images", "Images served (successfully embedded or predicted)",
                               ["model"], registry=r)
         self.batch_size = Histogram("featurizer_batch_size", "Images per forward pass",
@@ -64,26 +67,29 @@ class Metrics:
     def set_build_info(self, version: str, torch_version: str, device: str) -> None:
         self.build_info.info({"version": version, "torch": torch_version, "device": device})
 
-    def set_model_state(self, model: str, version: int, state: Optional[str]) -> None:
+    def set_model_state(self, model: str, version: int, state: Optional[ModelState]) -> None:
         """Mark ``state`` as current (None removes the version's series: it is gone)."""
-        for s in STATES:
+        for s in ModelState:
             if state is None:
                 try:
-                    self.model_state.remove(model, str(version), s)
+                    self.model_state.remove(model, str(version), s.value)
                 except KeyError:
                     pass
             else:
-                self.model_state.labels(model, str(version), s).set(1 if s == state else 0)
+                self.model_state.labels(model, str(version), s.value).set(1 if s == state else 0)
 
     def model_seen(self, model: str) -> None:
         """A registry scan found ``model``: its load-failure series exists from now on, at 0."""
         self.load_failures.labels(model)
 
-    def model_observer(self, model: str, device: str) -> "ModelObserver":
-        """Callbacks for a model's batcher and runner; its drop series start at 0 here."""
+    def model_observer(self, model: str, device: str,
+                       memory_in_use: Optional[Callable[[], Optional[int]]] = None) -> "ModelObserver":
+        """Callbacks for a model's batcher and runner; its drop series start at 0 here.
+        ``memory_in_use`` reads the device's memory after each forward pass (``Device.memory_in_use``:
+        None where the device keeps no count, and then no series is exported)."""
         for reason in DROP_REASONS:
             self.dropped.labels(model, reason)
-        return ModelObserver(self, model, device)
+        return ModelObserver(self, model, device, memory_in_use)
 
     def serve_http(self, port: int, host: str = "0.0.0.0"):
         """Start /metrics on a daemon thread; returns (server, thread) with the bound port."""
@@ -93,10 +99,12 @@ class Metrics:
 class ModelObserver:
     """Batcher and runner callbacks for one model, writing into its labelled series."""
 
-    def __init__(self, metrics: Metrics, model: str, device: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, device: str,
+                 memory_in_use: Optional[Callable[[], Optional[int]]] = None) -> None:
         self.m = metrics
         self.model = model
         self.device = device
+        self.memory_in_use = memory_in_use
 
     def on_queue_depth(self, depth: int) -> None:
         self.m.queue_depth.labels(self.model).set(depth)
@@ -113,12 +121,6 @@ class ModelObserver:
         """One forward pass (warm-up passes included: they are real work on the device)."""
         self.m.batch_size.labels(self.model).observe(size)
         self.m.inference.labels(self.model, self.device).observe(seconds)
-        if self.device.startswith("cuda"):
-            self.m.device_memory.labels(self.device).set(_cuda_memory_allocated(self.device))
-
-
-def _cuda_memory_allocated(device: str) -> int:
-    """Bytes held by torch's CUDA allocator, read after each batch (CUDA only: untested here)."""
-    import torch  # imported late: the CPU path never needs it in this module
-
-    return torch.cuda.memory_allocated(device)
+        used = self.memory_in_use() if self.memory_in_use is not None else None
+        if used is not None:
+            self.m.device_memory.labels(self.device).set(used)

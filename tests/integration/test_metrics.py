@@ -110,7 +110,8 @@ def test_requests_images_and_batch_series_follow_the_traffic(server):
     # an unknown name is folded into "unknown": a caller cannot grow the label set
     assert before.delta("featurizer_requests_total", method="Embed", model="unknown", code="NOT_FOUND") == 1
     assert server.metrics.get_sample_value("featurizer_requests_total",
-                                           {"method": "Embed", "model": "no-such-model", "code": "NOT_FOUND"}) is None
+                                           {"protocol": "featurizer.v1", "method": "Embed", "model": "no-such-model",
+                                            "code": "NOT_FOUND"}) is None
     assert before.delta("featurizer_request_duration_seconds_count", **EMBED_LARGENET) == 3
     assert before.delta("featurizer_request_duration_seconds_count", **PREDICT_LARGENET) == 1
     served = 3 + 2 + 4  # the failed request's image is not served

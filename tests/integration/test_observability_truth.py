@@ -86,7 +86,8 @@ def test_calls_through_an_alias_are_counted_under_the_model_it_resolves_to(serve
     assert _requests(server, "unknown") == before["unknown"]  # OK calls: none of them unknown
     assert _requests(server, "unknown", "NOT_FOUND") >= 1
     assert server.metrics.get_sample_value("featurizer_requests_total",
-                                           {"method": "Embed", "model": "prod", "code": "OK"}) is None
+                                           {"protocol": "featurizer.v1", "method": "Embed", "model": "prod",
+                                            "code": "OK"}) is None
     assert server.sample("featurizer_request_duration_seconds_count", method="Embed", model="largenet") == duration + 3
     # the access log keeps what the caller asked for
     assert [f["model"] for f in _access_lines(caplog, "Embed")] == ["prod", "pinned", "largenet", "no-such-model"]

@@ -63,8 +63,10 @@ class ServerThread:
         return self.server.metrics.registry
 
     def sample(self, name: str, **labels: str) -> float:
-        value = self.metrics.get_sample_value(name, labels)
-        return 0.0 if value is None else value
+        """Sum of the samples called ``name`` whose labels include ``labels`` (as PromQL's
+        ``sum(name{labels})``, and as ``ServerProcess.scrape``): a label not named is summed over."""
+        return float(sum(s.value for family in self.metrics.collect() for s in family.samples
+                         if s.name == name and labels.items() <= s.labels.items()))
 
     def reload(self) -> None:
         self.call(self.server.reload())

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -111,8 +111,10 @@ class Device:
         as such and widen on the host."""
         return tensor.detach().to("cpu").float()
 
-    def memory_in_use(self) -> int:
-        return torch.cuda.memory_allocated(self.torch_device) if self.type == "cuda" else 0
+    def memory_in_use(self) -> Optional[int]:
+        """Bytes held by torch's CUDA allocator (read after each batch for the device-memory gauge);
+        None on CPU, which keeps no such count."""
+        return torch.cuda.memory_allocated(self.torch_device) if self.type == "cuda" else None
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

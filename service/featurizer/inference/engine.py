@@ -13,17 +13,17 @@ from typing import Optional
 
 import numpy as np
 import torch
-from featurizer_client.messages import ClassScore, EmbedOptions  # the same options and scores the SDK uses
 
-from featurizer.architectures.builders import resolve_alexnet_layer
+from featurizer.architectures import ArchitectureError, LayeredFeatures, Pooling
 from featurizer.inference.device import DEFAULT_THREADS
 from featurizer.inference.errors import FailedPrecondition, InvalidArgument
 from featurizer.inference.runner import FeatureOutput, Item, Output
-from featurizer.registry.manifest import POOLINGS, ManifestError
 from featurizer.metrics import Metrics
 from featurizer.inference.models import ModelManager, ModelVersion
 from featurizer.inference.preparation import Preparer, RawImage
 from featurizer.inference.preprocessing import ImageLimits
+from featurizer.inference.requests import ClassScore, EmbedOptions
+from featurizer.registry.manifest import InputMode, Kind
 from featurizer.settings import Settings
 
 DEFAULT_TOP_K = 5
@@ -70,7 +70,7 @@ class Engine:
     async def predict(self, model: str, version: int, images: Sequence[RawImage], top_k: int = 0,
                       features: Optional[EmbedOptions] = None, deadline: Optional[float] = None) -> Predictions:
         mv = self.manager.resolve(model, version)
-        if mv.manifest.kind == "features":
+        if mv.manifest.kind is Kind.FEATURES:
             raise FailedPrecondition(f"model {mv.name} is a features model; Predict needs a classifier or head (use Embed)")
         labels = mv.manifest.output.labels
         k = _top_k(top_k, len(labels))
@@ -93,26 +93,25 @@ class Engine:
     def _embed_output(self, mv: ModelVersion, options: EmbedOptions) -> Output:
         if options.dtype not in ("float32", "float16"):
             raise InvalidArgument(f"options.output_dtype: expected float32 or float16, got {options.dtype}")
-        if mv.head is not None or mv.manifest.kind != "features":
+        if mv.head is not None or mv.manifest.kind is not Kind.FEATURES:
             if options.layer or options.pooling:
                 raise InvalidArgument(f"options.layer/pooling apply to features models; {mv.name} is a {mv.manifest.kind}")
-            return mv.head or FeatureOutput(None, "none")
+            return mv.head or FeatureOutput(None, Pooling.NONE)
         module = mv.runner.module
-        if not hasattr(module, "forward_taps"):  # not a layered feature stack: its output as is
+        if not isinstance(module, LayeredFeatures):  # no named layers: its output as is
             if options.layer or options.pooling:
                 raise InvalidArgument(f"options.layer/pooling: model {mv.name} has no selectable layers")
-            return FeatureOutput(None, "none")
+            return FeatureOutput(None, Pooling.NONE)
         layer = None
         if options.layer:
             try:
-                layer = resolve_alexnet_layer(options.layer)
-            except ManifestError as error:
+                layer = module.resolve_layer(options.layer)  # the model's own layer names
+            except ArchitectureError as error:
                 raise InvalidArgument(f"options.layer: {error}") from None
-            if layer > module.cut:
-                raise InvalidArgument(f"options.layer: {options.layer!r} is after this model's last layer ({module.cut})")
-        pooling = options.pooling or module.pooling
-        if pooling not in POOLINGS:
-            raise InvalidArgument(f"options.pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+        try:
+            pooling = Pooling.parse(options.pooling, "options.pooling") if options.pooling else module.pooling
+        except ArchitectureError as error:
+            raise InvalidArgument(str(error)) from None
         return FeatureOutput(layer, pooling)
 
     async def _run(self, backbone: ModelVersion, model: str, images: Sequence[RawImage],
@@ -147,7 +146,7 @@ def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], out
     """Refuse, before the forward pass, native-size images of different sizes whose rows would
     differ in length: the response holds one tensor for all rows."""
     sizes = [tuple(t.shape[1:]) for t in tensors]
-    if backbone.manifest.input.mode != "native" or len(set(sizes)) < 2:
+    if backbone.manifest.input.mode is not InputMode.NATIVE or len(set(sizes)) < 2:
         return
     varying = [o for o in outputs if isinstance(o, FeatureOutput) and _size_dependent(backbone, o)]
     if not varying:
@@ -162,9 +161,9 @@ def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], out
 
 def _size_dependent(backbone: ModelVersion, output: FeatureOutput) -> bool:
     """Whether this output's per-image shape follows the input size on a native-size model."""
-    if output.pooling not in ("none", "flatten"):
+    if output.pooling not in (Pooling.NONE, Pooling.FLATTEN):
         return False  # global avg/max pooling: [C] whatever the size
-    if hasattr(backbone.runner.module, "forward_taps"):
+    if isinstance(backbone.runner.module, LayeredFeatures):
         return True  # a layered conv stack: every layer's map follows the input
     return -1 in backbone.output_shape  # the module's own output: as warm-up measured at two sizes
 

@@ -1,12 +1,11 @@
-"""Domain errors and the one table that maps them to gRPC status codes.
+"""Domain errors: what can go wrong for a caller, independent of the transport that carries it.
 
-Code below the servicer raises these; the servicer layer turns them into statuses with
-``grpc_status``. Anything else is a bug: INTERNAL with a generic message, traceback to the log.
+Code below the transports raises these; each transport maps them to its statuses through the one
+table in ``featurizer.rpc.status``. Anything else is a bug: INTERNAL with a generic message,
+traceback to the log.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class FeaturizerError(Exception):
@@ -43,25 +42,3 @@ class Unauthenticated(FeaturizerError):
 
 class InferenceFailed(FeaturizerError):
     """The forward pass of a batch raised; every caller of that batch gets this."""
-
-
-STATUS_BY_ERROR: dict[type[FeaturizerError], grpc.StatusCode] = {
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    InferenceFailed: grpc.StatusCode.INTERNAL,
-}
-
-INTERNAL_MESSAGE = "internal error; the server log has the details"
-
-
-def grpc_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-safe message for any exception."""
-    for cls in type(error).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls], str(error)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

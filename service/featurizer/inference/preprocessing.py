@@ -239,11 +239,6 @@ def _check_resized(height: int, width: int, short_side: int, limits: ImageLimits
             f"gives {resized[1]}x{resized[0]} pixels, above the limit of {limits.max_image_pixels}")
 
 
-def normalize_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> normalised float NCHW (on whatever device the batch is on)."""
-    return batch.float().div_(255.0).sub_(mean).div_(std)
-
-
 def min_side_ok(spec: InputSpec, height: int, width: int, min_side: int, where: str) -> None:
     if spec.mode == "native" and min(height, width) < min_side:
         raise InvalidArgument(

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from featurizer_client.tensors import TensorFormatError, from_proto, to_proto
 from featurizer_client.v1 import featurizer_pb2 as pb
 
-from featurizer.inference.engine import EmbedOptions, Embeddings, Predictions, RawImage
+from featurizer.architectures import Pooling
+from featurizer.inference.engine import Embeddings, Predictions, RawImage
 from featurizer.inference.errors import InvalidArgument
-from featurizer.inference.models import ModelVersion, State
+from featurizer.inference.models import ModelVersion
+from featurizer.inference.requests import EmbedOptions, OutputDType
 from featurizer.registry.registry import RegistryError, alias_chain
+from featurizer.states import ModelState
 
-_POOLING = {pb.POOLING_DEFAULT: "", pb.POOLING_FLATTEN: "flatten", pb.POOLING_AVG: "avg",
-            pb.POOLING_MAX: "max", pb.POOLING_NONE: "none"}
-_OUT_DTYPE = {pb.DTYPE_UNSPECIFIED: "float32", pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16"}
-_STATE = {State.LOADING: pb.MODEL_STATE_LOADING, State.AVAILABLE: pb.MODEL_STATE_AVAILABLE,
-          State.FAILED: pb.MODEL_STATE_FAILED, State.UNLOADING: pb.MODEL_STATE_UNLOADING}
+# featurizer.v1's POOLING_<NAME> for each Pooling member (a member missing from the .proto fails
+# here, at import); POOLING_DEFAULT = "" = the model's own pooling.
+_POOLING: dict[int, str] = {pb.POOLING_DEFAULT: "", **{pb.Pooling.Value(f"POOLING_{p.name}"): p for p in Pooling}}
+_OUT_DTYPE = {pb.DTYPE_UNSPECIFIED: OutputDType.FLOAT32, pb.DTYPE_FLOAT32: OutputDType.FLOAT32,
+              pb.DTYPE_FLOAT16: OutputDType.FLOAT16}
+_STATE = {ModelState.LOADING: pb.MODEL_STATE_LOADING, ModelState.AVAILABLE: pb.MODEL_STATE_AVAILABLE,
+          ModelState.FAILED: pb.MODEL_STATE_FAILED, ModelState.UNLOADING: pb.MODEL_STATE_UNLOADING}
 
 
 def images_from_proto(images) -> list[RawImage]:
@@ -85,14 +90,14 @@ def version_info(mv: ModelVersion) -> pb.ModelVersionInfo:
     return info
 
 
-def model_infos(versions: list[ModelVersion], aliases: Mapping[str, str]) -> list[pb.ModelInfo]:
+def model_infos(versions: Iterable[ModelVersion], aliases: Mapping[str, str]) -> list[pb.ModelInfo]:
     """One ModelInfo per model, sorted by name, with the aliases that lead to it (chains followed,
     as routing does), so GetModel shows them as ListModels does."""
     infos: dict[str, pb.ModelInfo] = {}
     for mv in versions:
         info = infos.setdefault(mv.name, pb.ModelInfo(name=mv.name))
         info.versions.append(version_info(mv))
-        if mv.state is State.AVAILABLE:
+        if mv.state is ModelState.AVAILABLE:
             info.default_version = max(info.default_version, mv.version)
     for alias in sorted(aliases):
         try:

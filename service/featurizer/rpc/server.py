@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from wsgiref.simple_server import WSGIServer
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,11 @@ from featurizer import __version__
 from featurizer.inference.device import Device
 from featurizer.inference.engine import Engine
 from featurizer.inference.errors import FeaturizerError
-from featurizer.rpc.interceptors import ObservabilityInterceptor, TokenAuthInterceptor
+from featurizer.rpc.auth import TokenAuthInterceptor
+from featurizer.rpc.error_mapping import ErrorMappingInterceptor
+from featurizer.rpc.observability import ObservabilityInterceptor
+from featurizer.rpc.observation import CallRecorder
+from featurizer.rpc.request_decoding import DecodingInterceptor
 from featurizer.metrics import Metrics
 from featurizer.inference.models import ModelManager
 from featurizer.rpc.oip import grpc_service as oip_grpc, health_ready
@@ -81,16 +86,20 @@ class FeaturizerServer:
 
     def __init__(self, settings: Settings, registry_root: Optional[Path] = None) -> None:
         self.settings = settings
-        self.registry = Registry(Path(registry_root or settings.registry))
+        root = registry_root or settings.registry
+        if root is None:
+            raise ValueError("no model registry directory given")
+        self.registry = Registry(Path(root))
         self.metrics = Metrics()
         self.device = Device.create(settings.device, settings.precision, settings.channels_last, settings.threads)
         self.manager = ModelManager(self.registry, self.device, settings, self.metrics)
         self.engine = Engine(self.manager, settings, self.metrics)
+        self.recorder = CallRecorder(self.metrics, self._model_label)  # every protocol's calls, counted alike
         self.health = health_aio.HealthServicer()
         self.port: int = 0
         self.metrics_port: Optional[int] = None
         self._server: Optional[grpc.aio.Server] = None
-        self._metrics_http = None
+        self._metrics_http: Optional[WSGIServer] = None
         self.http_port: Optional[int] = None  # Open Inference Protocol over HTTP (--http-port)
         self._http: Optional[HttpServer] = None
         self._poller: Optional[asyncio.Task] = None
@@ -104,21 +113,23 @@ class FeaturizerServer:
     async def listen(self) -> None:
         """Bind and answer RPCs; health says NOT_SERVING until ``load_models`` finishes."""
         s = self.settings
-        # Observability outermost, so a call the token check denies is still counted and logged.
-        interceptors = [ObservabilityInterceptor(self.metrics, self._model_label)]
+        # One concern each, outermost first: the token check (before anything is parsed; it counts
+        # and logs what it denies), request ids/metrics/access log, errors -> statuses, and the
+        # safe request deserializer. The same for featurizer.v1 and inference.GRPCInferenceService.
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         if s.auth_token_file is not None:
-            interceptors.append(TokenAuthInterceptor(read_token(Path(s.auth_token_file))))
-        interceptors.append(oip_grpc.StatusInterceptor())  # v2 errors -> the protocol's codes (errors.py)
+            interceptors.append(TokenAuthInterceptor(read_token(Path(s.auth_token_file)), self.recorder))
+        interceptors += [ObservabilityInterceptor(self.recorder), ErrorMappingInterceptor(), DecodingInterceptor()]
         self.metrics.set_build_info(__version__, torch.__version__, self.device.label)
         ensure_free(s.host, s.port, "--port")
         if s.metrics_port >= 0:
             try:
-                self._metrics_http, _ = self.metrics.serve_http(s.metrics_port, s.host)
+                metrics_http, _ = self.metrics.serve_http(s.metrics_port, s.host)
             except OSError as error:
                 raise CannotListen(f"--metrics-port: cannot listen on {s.host}:{s.metrics_port} "
                                    f"({error.strerror or error}); is another server running there?") from None
-            self.metrics_port = self._metrics_http.server_port
-        self._server = grpc.aio.server(interceptors=interceptors, options=[
+            self._metrics_http, self.metrics_port = metrics_http, metrics_http.server_port
+        self._server = server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", max(s.max_message_bytes, 256 * 1024 * 1024)),
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a port shared with a stranger
@@ -132,13 +143,13 @@ class FeaturizerServer:
              reflection.SERVICE_NAME),
             self._server)
         try:
-            self.port = self._bind(f"{s.host}:{s.port}")
+            self.port = self._bind(server, f"{s.host}:{s.port}")
         except CannotListen:
             self._close_metrics_http()
             raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
-        await self._server.start()
+        await server.start()
         if s.http_port >= 0:
             await self._start_http()
         log.info("listening on %s:%d (metrics %s), loading models from %s", s.host, self.port,
@@ -148,7 +159,8 @@ class FeaturizerServer:
         """The Open Inference Protocol over HTTP on --http-port: same engine, token and TLS as gRPC."""
         s = self.settings
         token = read_token(Path(s.auth_token_file)) if s.auth_token_file is not None else None
-        self._http = HttpServer(self.engine, self.manager, health_ready(self.health, SERVICE_NAME), s, token)
+        self._http = HttpServer(self.engine, self.manager, health_ready(self.health, SERVICE_NAME), s, token,
+                                self.recorder)
         try:
             self.http_port = await self._http.start(s.host, s.http_port)
         except OSError as error:
@@ -162,17 +174,17 @@ class FeaturizerServer:
         if self.settings.poll_interval > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll(self.settings.poll_interval))
 
-    def _bind(self, address: str) -> int:
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
         s = self.settings
         try:
-            if s.tls_cert is None:
-                port = self._server.add_insecure_port(address)
+            if s.tls_cert is None or s.tls_key is None:  # settings hold both or neither
+                port = server.add_insecure_port(address)
             else:
                 client_ca = Path(s.tls_client_ca).read_bytes() if s.tls_client_ca else None
                 credentials = grpc.ssl_server_credentials(
                     [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
                     root_certificates=client_ca, require_client_auth=client_ca is not None)
-                port = self._server.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, credentials)
         except RuntimeError:  # grpc's "Failed to bind to address ...", which names no cause
             port = 0
         if port == 0:  # taken since ensure_free, or an address grpc cannot use
@@ -229,4 +241,6 @@ class FeaturizerServer:
             self._metrics_http = None
 
     async def wait_for_termination(self) -> None:
+        if self._server is None:
+            raise RuntimeError("the server is not listening; await listen() first")
         await self._server.wait_for_termination()

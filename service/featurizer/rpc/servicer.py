@@ -1,7 +1,7 @@
 """The featurizer.v1 servicer: proto in -> Engine call -> proto out. Nothing else.
 
-Errors are raised as domain errors and mapped to statuses by ``interceptors.py``; inside
-streams each item's error becomes an ``ItemError`` and the stream goes on.
+Errors are raised as domain errors and mapped to statuses by ``error_mapping.py``; inside
+streams each item's error becomes an ``ItemError`` (same table: ``status.py``) and the stream goes on.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc
 
 from featurizer.rpc import convert
 from featurizer.inference.engine import Engine
-from featurizer.inference.errors import NotFound, grpc_status
+from featurizer.inference.errors import NotFound
 from featurizer.inference.models import ModelManager
+from featurizer.rpc.status import grpc_status
 
 log = logging.getLogger(__name__)
 STREAM_WINDOW = 16  # stream items processed concurrently (answers still leave in order)
@@ -83,19 +84,10 @@ async def _ordered(requests: AsyncIterator, handle: Callable[..., Awaitable], de
     """Run stream items concurrently (at most STREAM_WINDOW at once), yield answers in order."""
     window: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
 
-    async def one(message):
-        try:
-            return message.id, await handle(message.request, deadline), None
-        except Exception as error:  # one bad item must not end the stream
-            code, text = grpc_status(error)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("stream item %r failed", message.id)
-            return message.id, None, pb.ItemError(code=code.value[0], code_name=code.name, message=text)
-
     async def produce():
         try:
             async for message in requests:
-                await window.put(asyncio.ensure_future(one(message)))
+                await window.put(asyncio.ensure_future(_one(message, handle, deadline)))
         except Exception:  # reading requests failed: answer what was read, then end with this error
             await window.put(None)
             raise
@@ -119,6 +111,18 @@ async def _ordered(requests: AsyncIterator, handle: Callable[..., Awaitable], de
             task = window.get_nowait()
             if task is not None:
                 task.cancel()
+
+
+async def _one(message, handle: Callable[..., Awaitable], deadline: Optional[float]):
+    """One stream item: (id, result, None), or (id, None, its ItemError): one bad item must not end
+    the stream."""
+    try:
+        return message.id, await handle(message.request, deadline), None
+    except Exception as error:
+        code, text = grpc_status(error)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("stream item %r failed", message.id)
+        return message.id, None, pb.ItemError(code=code.value[0], code_name=code.name, message=text)
 
 
 def _retrieve(task: asyncio.Future) -> None:

@@ -1,14 +1,13 @@
 """``inference.GRPCInferenceService``: the Open Inference Protocol over gRPC, beside featurizer.v1
 on the same server, port, engine and auth.
 
-``StatusInterceptor`` maps domain errors to the protocol's gRPC codes (the one table in
-errors.py) for this service's methods, bearer-token refusals included; it must be the first
-(outermost) interceptor so it also sees what the auth interceptor raises.
+Its calls go through the same interceptors as featurizer.v1's (token check, request ids,
+metrics and access log with ``protocol="v2-grpc"``, error mapping through the one table in
+``rpc/status.py``, safe request decoding), so the servicer only raises domain errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,9 +18,8 @@ from featurizer_client.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from featurizer import __version__
 from featurizer.inference.engine import Engine
-from featurizer.inference.errors import FeaturizerError, InvalidArgument, NotFound, grpc_status
+from featurizer.inference.errors import FeaturizerError, InvalidArgument, NotFound
 from featurizer.inference.models import ModelManager
-from featurizer.rpc.request_decoding import refuse_undecodable_unary, safe_deserializer
 from featurizer.rpc.servicer import deadline_of
 from featurizer.rpc.oip import tensors
 from featurizer.rpc.oip.infer import infer
@@ -29,7 +27,6 @@ from featurizer.rpc.oip.metadata import EXTENSIONS, SERVER_NAME, parse_version, 
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVICE_PREFIX = f"/{SERVICE_NAME}/"
 RAW_OUTPUT = "raw_output"  # request parameter: answer in raw_output_contents even for typed inputs
 
 
@@ -71,7 +68,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             out = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             if raw:
                 response.raw_output_contents.append(tensors.to_raw(tensor.data))
-            elif tensor.datatype == "BYTES":
+            elif isinstance(tensor.data, list):  # BYTES
                 out.contents.bytes_contents.extend(tensor.data)
             else:
                 getattr(out.contents, tensors.CONTENTS_FIELD[tensor.datatype]).extend(tensor.data.reshape(-1).tolist())
@@ -117,33 +114,6 @@ def parameters_of(parameters: Any, where: str) -> dict[str, Any]:
             raise InvalidArgument(f"{where} {name[:40]!r}: no value set")
         out[name] = getattr(parameter, choice)
     return out
-
-
-class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Maps errors raised by (or in front of) this service's methods to statuses: a domain error
-    to its code and message, anything else to INTERNAL with a generic message (traceback logged).
-    Requests protobuf cannot parse become INVALID_ARGUMENT (request_decoding.py)."""
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
-            return handler
-        method = details.method[len(SERVICE_PREFIX):]
-        behavior = refuse_undecodable_unary(handler.unary_unary)
-
-        async def mapped(request, context):
-            try:
-                return await behavior(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as error:  # the one place v2 errors become statuses
-                code, message = grpc_status(error)
-                if not isinstance(error, FeaturizerError):
-                    log.error("unexpected error in %s", method, exc_info=error)
-                await context.abort(code, message)
-
-        return grpc.unary_unary_rpc_method_handler(
-            mapped, safe_deserializer(handler.request_deserializer), handler.response_serializer)
 
 
 def add_to_server(server: grpc.aio.Server, engine: Engine, manager: ModelManager,

@@ -3,14 +3,15 @@
 JSON tensors as the protocol defines them, and Triton's binary tensor data extension (the JSON
 header is the first ``Inference-Header-Content-Length`` bytes of the body; each input with a
 ``binary_data_size`` parameter takes that many bytes of the rest, in order), which
-tritonclient.http uses by default. Errors are ``{"error": "..."}`` with the HTTP status of the
-gRPC code the same error gets over gRPC. The bearer token (when set) is checked before the body
-is read; the health endpoints stay open, like grpc.health.v1.
+tritonclient.http uses by default. Every request passes the same steps as a gRPC call, as
+middlewares: the bearer token first (checked before the body is read; the health endpoints stay
+open, like grpc.health.v1), then request id, metrics and access log (``protocol="v2-http"``,
+``method`` the protocol's RPC name), then error mapping: ``{"error": "..."}`` with the HTTP status
+of the gRPC code the same error gets over gRPC.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import ssl
@@ -23,9 +24,13 @@ from aiohttp import web
 
 from featurizer import __version__
 from featurizer.inference.engine import Engine
-from featurizer.inference.errors import FeaturizerError, InvalidArgument, grpc_status
+from featurizer.inference.errors import InvalidArgument
 from featurizer.inference.models import ModelManager
 from featurizer.settings import Settings
+from featurizer.rpc.auth import http_auth
+from featurizer.rpc.error_mapping import http_errors
+from featurizer.rpc.observability import http_observability, note
+from featurizer.rpc.observation import CallRecorder
 from featurizer.rpc.oip import tensors
 from featurizer.rpc.oip.grpc_service import model_ready
 from featurizer.rpc.oip.infer import infer
@@ -34,17 +39,7 @@ from featurizer.rpc.oip.openapi import openapi_document
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-
-
-def error_response(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers or None)
+UNROUTED = "unknown"  # the ``method`` label of a request no route matched
 
 
 class HttpServer:
@@ -52,23 +47,36 @@ class HttpServer:
     stops accepting and lets requests in flight finish within the grace period."""
 
     def __init__(self, engine: Engine, manager: ModelManager, ready: Callable[[], Awaitable[bool]],
-                 settings: Settings, token: Optional[str]) -> None:
+                 settings: Settings, token: Optional[str], recorder: CallRecorder) -> None:
         self.engine, self.manager, self.ready, self.settings = engine, manager, ready, settings
-        self._expected = f"Bearer {token}".encode() if token is not None else None
         self.port = 0
         self._runner: Optional[web.AppRunner] = None
-        self.app = web.Application(client_max_size=settings.max_message_bytes,
-                                   middlewares=[self._errors, self._auth])
+        self._methods: dict[str, str] = {}  # route path -> the protocol's RPC name, for the method label
+        self.app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[
+            http_auth(token, recorder, self.method_of),
+            http_observability(recorder, self.method_of),
+            http_errors(settings.max_message_bytes),
+        ])
         model = "/v2/models/{model}"
         version = model + "/versions/{version}"
-        self.app.router.add_get("/v2", self.server_metadata)
-        self.app.router.add_get("/v2/health/live", self.live)
-        self.app.router.add_get("/v2/health/ready", self.server_ready)
-        self.app.router.add_get("/v2/openapi.json", self.openapi)
+        self._get("/v2", self.server_metadata, "ServerMetadata")
+        self._get("/v2/health/live", self.live, "ServerLive")
+        self._get("/v2/health/ready", self.server_ready, "ServerReady")
+        self._get("/v2/openapi.json", self.openapi, "OpenAPI")
         for base in (model, version):
-            self.app.router.add_get(base, self.model_metadata)
-            self.app.router.add_get(base + "/ready", self.model_ready)
+            self._get(base, self.model_metadata, "ModelMetadata")
+            self._get(base + "/ready", self.model_ready, "ModelReady")
             self.app.router.add_post(base + "/infer", self.infer)
+            self._methods[base + "/infer"] = "ModelInfer"
+
+    def _get(self, path: str, handler: Callable, method: str) -> None:
+        self.app.router.add_get(path, handler)
+        self._methods[path] = method
+
+    def method_of(self, request: web.Request) -> str:
+        """The RPC name of the route a request matched (the same names as over gRPC)."""
+        resource = request.match_info.route.resource
+        return self._methods.get(resource.canonical, UNROUTED) if resource is not None else UNROUTED
 
     async def start(self, host: str, port: int) -> int:
         s = self.settings
@@ -85,34 +93,6 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    # ----- middlewares ------------------------------------------------------------------------
-    @web.middleware
-    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"request body is above the limit of {self.settings.max_message_bytes} "
-                                       f"bytes (--max-message-bytes)")
-        except web.HTTPException as error:  # no such route or method
-            if error.status == 405:
-                return error_response(405, f"{request.method} is not allowed on {request.path[:200]}")
-            return error_response(error.status, f"{request.path[:200]}: {error.reason}; see GET /v2/openapi.json")
-        except Exception as error:  # the one place v2 HTTP errors become statuses
-            code, message = grpc_status(error)
-            if not isinstance(error, FeaturizerError):
-                log.error("unexpected error in %s %s", request.method, request.path, exc_info=error)
-            return error_response(HTTP_STATUS.get(code, 500), message)
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler) -> web.StreamResponse:
-        if self._expected is None or request.path in OPEN_PATHS:
-            return await handler(request)
-        sent = request.headers.get("Authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(sent, self._expected):  # refused before the body is read
-            return error_response(401, "missing or invalid bearer token (header 'Authorization: Bearer <token>')",
-                                  **{"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
     # ----- handlers ------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
@@ -122,6 +102,7 @@ class HttpServer:
 
     async def server_ready(self, request: web.Request) -> web.Response:
         ready = await self.ready()
+        note(request, code=grpc.StatusCode.OK)  # "not ready" (503) is an answer, as ServerReady's ready=false
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
@@ -131,6 +112,7 @@ class HttpServer:
     async def model_ready(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         ready = model_ready(self.manager, name, request.match_info.get("version", ""))
+        note(request, code=grpc.StatusCode.OK)
         return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -141,6 +123,7 @@ class HttpServer:
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         parameters = _object(header.get("parameters", {}), "parameters")
         inputs = _inputs(header.get("inputs"), binary)
+        note(request, images=inputs[0].shape[0] if inputs and inputs[0].shape else 0)
         requested = _list(header.get("outputs", []), "outputs")
         names, binary_outputs = [], set()
         all_binary = parameters.pop("binary_data_output", False) is True
@@ -154,6 +137,7 @@ class HttpServer:
                 binary_outputs.add(name)
         result = await infer(self.engine, self.manager, request.match_info["model"],
                              parse_version(request.match_info.get("version", "")), inputs, parameters, names)
+        note(request, version=result.version)
         answer: dict[str, Any] = {"model_name": result.model, "model_version": str(result.version), "outputs": []}
         if isinstance(header.get("id"), str):
             answer["id"] = header["id"]
@@ -231,7 +215,7 @@ def _list(value: Any, where: str) -> list:
 
 def _ssl_context(s: Settings) -> Optional[ssl.SSLContext]:
     """The gRPC port's TLS options, for HTTPS: the same certificate, and mTLS when a client CA is set."""
-    if s.tls_cert is None:
+    if s.tls_cert is None or s.tls_key is None:  # settings hold both or neither
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(Path(s.tls_cert), Path(s.tls_key))

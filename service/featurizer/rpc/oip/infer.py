@@ -15,11 +15,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from featurizer.inference.engine import DEFAULT_TOP_K, EmbedOptions, Engine
+from featurizer.architectures import Pooling
+from featurizer.inference.engine import DEFAULT_TOP_K, Engine
 from featurizer.inference.errors import InvalidArgument
-from featurizer.registry.manifest import POOLINGS
 from featurizer.inference.models import ModelManager, ModelVersion
 from featurizer.inference.preparation import RawImage
+from featurizer.inference.requests import EmbedOptions
 from featurizer.rpc.oip.metadata import EMBEDDINGS, IMAGES, LABELS, PIXELS, PROBABILITIES, TENSOR, Signature, is_classifier, signature
 from featurizer.rpc.oip.tensors import Tensor
 
@@ -52,7 +53,7 @@ async def infer(engine: Engine, manager: ModelManager, model: str, version: int,
         # Every class scored (to fill `probabilities`); `labels` keeps the top k.
         result = await engine.predict(mv.name, mv.version, images, classes, None, deadline)
         probabilities = np.zeros((len(result.top), classes), dtype=np.float32)
-        for row, scores in zip(probabilities, result.top):
+        for row, scores in zip(probabilities, result.top, strict=True):
             for s in scores:
                 row[s.index] = s.probability
         labels = [s.label.encode() for scores in result.top for s in scores[:k]]
@@ -61,9 +62,10 @@ async def infer(engine: Engine, manager: ModelManager, model: str, version: int,
     else:
         if "top_k" in parameters:
             raise InvalidArgument(f"parameters top_k: applies to classifiers and heads; {mv.name} is a features model")
-        result = await engine.embed(mv.name, mv.version, images, embed_options(parameters), deadline)
-        array = result.array.astype(np.float32, copy=False)
+        embedded = await engine.embed(mv.name, mv.version, images, embed_options(parameters), deadline)
+        array = embedded.array.astype(np.float32, copy=False)
         produced = {EMBEDDINGS: Tensor(EMBEDDINGS, "FP32", array.shape, array)}
+        return Result(embedded.model, embedded.version, [produced[name] for name in wanted])
     return Result(result.model, result.version, [produced[name] for name in wanted])
 
 
@@ -87,7 +89,7 @@ def images_from(inputs: Sequence[Tensor], sig: Signature, mv: ModelVersion) -> l
             raise InvalidArgument(f"{where}: shape must be [N, H, W, 3] (RGB), got {list(shape)}")
         return list(tensor.data)
     assert spec.name == TENSOR
-    if len(shape) != 4 or shape[1] != 3 or any(want != -1 and got != want for want, got in zip(spec.shape[2:], shape[2:])):
+    if len(shape) != 4 or shape[1] != 3 or any(want != -1 and got != want for want, got in zip(spec.shape[2:], shape[2:], strict=True)):
         shown = ", ".join("H" if d == -1 else str(d) for d in spec.shape[2:])
         raise InvalidArgument(f"{where}: shape must be [N, 3, {shown}] (preprocessed) for model {sig.name}, "
                               f"got {list(shape)}")
@@ -97,8 +99,8 @@ def images_from(inputs: Sequence[Tensor], sig: Signature, mv: ModelVersion) -> l
 def embed_options(parameters: Mapping[str, Any]) -> EmbedOptions:
     layer = _parameter(parameters, "layer", str, "")
     pooling = _parameter(parameters, "pooling", str, "")
-    if pooling not in ("", *POOLINGS):
-        raise InvalidArgument(f"parameters pooling: expected one of {', '.join(POOLINGS)}, got {pooling[:40]!r}")
+    if pooling not in ("", *Pooling):
+        raise InvalidArgument(f"parameters pooling: expected one of {', '.join(Pooling)}, got {pooling[:40]!r}")
     return EmbedOptions(layer=layer, pooling=pooling, normalize=_parameter(parameters, "normalize", bool, False))
 
 

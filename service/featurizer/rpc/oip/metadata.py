@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featurizer.inference.errors import FeaturizerError, InvalidArgument
-from featurizer.inference.models import ModelManager, ModelVersion, State
+from featurizer.inference.models import ModelManager, ModelVersion
+from featurizer.registry.manifest import Kind
+from featurizer.states import ModelState
 
 IMAGES, PIXELS, TENSOR = "images", "pixels", "tensor"
 EMBEDDINGS, PROBABILITIES, LABELS = "embeddings", "probabilities", "labels"
@@ -74,7 +76,7 @@ def parse_version(text: str) -> int:
 
 
 def is_classifier(mv: ModelVersion) -> bool:
-    return mv.manifest.kind != "features"
+    return mv.manifest.kind is not Kind.FEATURES
 
 
 def signature(manager: ModelManager, mv: ModelVersion) -> Signature:
@@ -86,11 +88,12 @@ def signature(manager: ModelManager, mv: ModelVersion) -> Signature:
     h, w = (-1, -1) if spec is None or spec.size is None else spec.size
     inputs = (TensorSpec(IMAGES, "BYTES", (-1,)), TensorSpec(PIXELS, "UINT8", (-1, -1, -1, 3)),
               TensorSpec(TENSOR, "FP32", (-1, 3, h, w)))
+    outputs: tuple[TensorSpec, ...]
     if is_classifier(mv):
         outputs = (TensorSpec(PROBABILITIES, "FP32", (-1, len(mv.manifest.output.labels))),
                    TensorSpec(LABELS, "BYTES", (-1, -1)))
     else:
         outputs = (TensorSpec(EMBEDDINGS, "FP32", (-1, *mv.output_shape)),)
     versions = tuple(str(v.version) for v in manager.all_versions()
-                     if v.name == mv.name and v.state is State.AVAILABLE)
+                     if v.name == mv.name and v.state is ModelState.AVAILABLE)
     return Signature(mv.name, versions, f"featurizer_{mv.manifest.kind}", inputs, outputs)

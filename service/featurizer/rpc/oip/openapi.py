@@ -26,7 +26,7 @@ def openapi_document(models: Sequence[str], version: str) -> dict[str, Any]:
               "401": _error("missing or invalid bearer token"), "404": _error("unknown model or version"),
               "413": _error("body above --max-message-bytes"), "429": _error("the model's queue is full"),
               "503": _error("model unloading or server shutting down")}
-    infer = {
+    infer: dict[str, Any] = {
         "summary": "Run one inference (JSON tensors, or Triton's binary tensor data extension)",
         "parameters": [{"name": "Inference-Header-Content-Length", "in": "header", "required": False,
                         "schema": {"type": "integer"},
