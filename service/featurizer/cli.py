@@ -12,19 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from platformdirs import user_cache_dir
 
 from featurizer import __version__
-from featurizer.settings import SettingsError, add_arguments, from_namespace
+from featurizer.architectures import Pooling
+from featurizer.registry.manifest import InputMode, Kind
+from featurizer.settings import SettingsError, add_arguments, default_registry, from_namespace
 
 log = logging.getLogger("featurizer")
 # Plain text: the module docstring's ``markup`` would show as is in --help.
 DESCRIPTION = "Serve models, manage a registry. Run 'featurizer COMMAND --help' for a command's flags."
-
-
-def default_registry() -> Path:
-    """The embedded demo registry, created on first use, in the user's cache directory."""
-    return Path(user_cache_dir("featurizer")) / "registry"
 
 
 # ----- serve ---------------------------------------------------------------------------
@@ -169,12 +165,12 @@ def _add_publish_parsers(actions) -> None:
     add.add_argument("--from", dest="weights", type=Path, required=True, metavar="FILE", help="weights (.safetensors)")
     add.add_argument("--manifest", type=Path, help="a model.json to start from")
     add.add_argument("--version", type=int, help="version number (default: the next free one)")
-    add.add_argument("--kind", choices=("features", "classifier", "head"),
+    add.add_argument("--kind", choices=[k.value for k in Kind],
                      help="features: image to feature vectors; classifier: image to labels; "
                           "head: labels from a backbone's features (with --backbone)")
     add.add_argument("--architecture", help="builder name, e.g. alexnet_features, largenet, feature_head")
     add.add_argument("--params", type=json.loads, help='builder params as JSON, e.g. \'{"layer": "conv3"}\'')
-    add.add_argument("--input-mode", choices=("resize_crop", "resize", "native"),
+    add.add_argument("--input-mode", choices=[m.value for m in InputMode],
                      help="resize_crop: short side to --resize, centre crop; resize: to --height x --width; "
                           "native: as sent")
     add.add_argument("--resize", type=int, help="resize_crop: pixels of the short side before cropping")
@@ -199,7 +195,7 @@ def _add_publish_parsers(actions) -> None:
     imp.add_argument("--model", help="model name (default: alexnet, or alexnet-classifier)")
     imp.add_argument("--version", type=int, help="version number (default: the next free one)")
     imp.add_argument("--layer", default="pool5", help="cut `features` after this layer (conv1..pool5 or 0..12)")
-    imp.add_argument("--pooling", default="flatten", choices=("flatten", "avg", "max", "none"),
+    imp.add_argument("--pooling", default=Pooling.FLATTEN.value, choices=[p.value for p in Pooling],
                      help="how the cut's feature map becomes a row [default: %(default)s]")
     imp.add_argument("--classifier", action="store_true", help="the whole network with ImageNet labels")
     imp.set_defaults(func=cmd_registry_import)
@@ -234,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     alias.add_argument("target")
     alias.set_defaults(func=cmd_registry_alias)
     _add_publish_parsers(actions)
-    from featurizer.training.command import add_train_parser, add_visualize_parser
+    from featurizer.training_commands import add_train_parser, add_visualize_parser
 
     add_train_parser(commands)
     add_visualize_parser(commands)

@@ -1,4 +1,4 @@
-"""``featurizer train`` and ``featurizer visualize``: argument parsing only.
+"""``featurizer train`` and ``featurizer visualize``: argument parsing only (the application layer).
 
 Torch and the datasets are imported when a command runs, so building the CLI (``--help``,
 ``registry list``) stays light.
@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ARCHITECTURES = ("largenet", "feature_head")
-# Defaults that train each architecture well in seconds on a CPU (see docs/training.md).
-DEFAULTS = {"largenet": {"epochs": 3, "batch_size": 128, "learning_rate": 3e-3},
-            "feature_head": {"epochs": 100, "batch_size": 16, "learning_rate": 1e-2}}
+from featurizer.architectures.pooling import ROW_POOLINGS
+from featurizer.settings import default_registry
+from featurizer.training.choices import DEFAULTS, Trainable
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
@@ -22,14 +21,16 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                     "with report.json and curves.png, as the next version of NAME in the registry.")
     parser.add_argument("--registry", type=Path, required=True, help="the registry to publish into")
     parser.add_argument("--name", required=True, help="model name to publish (a new version of it)")
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="largenet", help="what to train (default: largenet)")
+    parser.add_argument("--arch", choices=[a.value for a in Trainable],
+                        default=Trainable.LARGENET.value, help="what to train (default: largenet)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="an ImageFolder root: one sub-directory of images per class")
     source.add_argument("--fashion-mnist", action="store_true", help="the Debian dataset-fashion-mnist package")
     parser.add_argument("--classes", default="7,9", help="Fashion-MNIST classes to train on (default: 7,9)")
     parser.add_argument("--per-class", type=int, default=0, help="Fashion-MNIST images per class (0 = all)")
     parser.add_argument("--backbone", default="alexnet", help="feature_head: registry model[@version] or alias")
-    parser.add_argument("--pooling", choices=("avg", "max", "flatten"), default="avg", help="feature_head pooling")
+    parser.add_argument("--pooling", choices=[p.value for p in ROW_POOLINGS], default="avg",
+                        help="feature_head pooling")
     parser.add_argument("--hidden", type=int, default=0, help="feature_head hidden units (0 = one linear layer)")
     parser.add_argument("--epochs", type=int, help="default: 3 (largenet), 100 (feature_head: cached features, cheap)")
     parser.add_argument("--batch-size", type=int, help="default: 128 (largenet), 16 (feature_head)")
@@ -46,7 +47,7 @@ def job_from_args(args: argparse.Namespace):
     from featurizer.training.loop import TrainSettings
     from featurizer.training.run import TrainJob
 
-    defaults = DEFAULTS[args.arch]
+    defaults = DEFAULTS[Trainable(args.arch)]
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--per-class", args.per_class)):
         if value is not None and value < (0 if flag == "--per-class" else 1):
             raise ValueError(f"{flag}: must be a positive integer, got {value}")
@@ -78,7 +79,8 @@ def add_visualize_parser(commands: argparse._SubParsersAction) -> None:
                     "convolution's kernels as RGB tiles. Works on any layered features model of the registry.")
     parser.add_argument("image", nargs="?", type=Path, help="the image file (not needed with --filters)")
     parser.add_argument("--model", default="alexnet", help="registry model[@version] or alias (default: alexnet)")
-    parser.add_argument("--layer", default="conv1", help="conv1..conv5, relu1..relu5, pool1, pool2, pool5 or 0..12")
+    parser.add_argument("--layer", help="a layer of the model, by name or index (default: its first; "
+                                        "AlexNet: conv1..pool5 or 0..12, VGG-11: conv1_1..pool5 or 0..20)")
     parser.add_argument("--filters", action="store_true", help="draw the first convolution's kernels instead")
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--registry", type=Path, help="registry directory (default: the demo registry)")
@@ -90,13 +92,12 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     registry = args.registry
     if registry is None:
-        from featurizer.cli import default_registry
         from featurizer.demo import init_demo
 
         registry = default_registry()
         init_demo(registry)
     count, picture = draw(registry, args.model, args.output, args.image, args.layer, args.filters)
     rows, columns = grid_shape(count)
-    what = "first-layer filters" if args.filters else f"{args.layer} feature maps"
+    what = "first-layer filters" if args.filters else f"{args.layer or 'first-layer'} feature maps"
     print(f"wrote {args.output}: {count} {what} in a {rows}x{columns} grid ({picture.width}x{picture.height} pixels)")
     return 0

@@ -16,14 +16,15 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from featurizer.architectures.builders import LARGENET_INPUT, build
+from featurizer.architectures import Pooling, build
 from featurizer.inference.device import Device
+from featurizer.inference.normalize import Normalizer
 from featurizer.inference.runner import BackboneRunner
 from featurizer.registry.manifest import BackboneRef, InputSpec, Manifest, OutputSpec
-from featurizer.inference.preprocessing import normalize_batch
+from featurizer.registry.presets import LARGENET_INPUT
 from featurizer.registry.registry import Registry
 from featurizer.training.backbone import feature_maps, load_module, resolve
-from featurizer.training.command import ARCHITECTURES
+from featurizer.training.choices import Trainable
 from featurizer.training.datasets import DatasetError, LabelledImages, fashion_mnist, image_folder, split
 from featurizer.training.loop import History, TrainSettings, train
 from featurizer.training.report import CURVES_FILE, REPORT_FILE, curves_png, report_json
@@ -40,7 +41,7 @@ class TrainJob:
     classes: Sequence[int] = (7, 9)            # Fashion-MNIST classes
     per_class: int = 0                         # Fashion-MNIST images per class (0 = all)
     backbone: str = "alexnet"                  # feature_head: the registry model it sits on
-    pooling: str = "avg"                       # feature_head: how the feature map is pooled
+    pooling: Pooling = Pooling.AVG             # feature_head: how the feature map is pooled
     hidden: int = 0                            # feature_head: hidden units (0 = linear)
     val_fraction: float = 0.2
     settings: TrainSettings = field(default_factory=TrainSettings)
@@ -62,8 +63,8 @@ def load_data(job: TrainJob, spec: InputSpec) -> LabelledImages:
 
 def run(job: TrainJob) -> TrainResult:
     """Train as ``job`` says and publish the result; returns the published version."""
-    if job.architecture not in ARCHITECTURES:
-        raise DatasetError(f"--arch: expected one of {', '.join(ARCHITECTURES)}, got {job.architecture!r}")
+    if job.architecture not in set(Trainable):
+        raise DatasetError(f"architecture: expected one of {', '.join(Trainable)}, got {job.architecture!r}")
     registry = Registry(job.registry)
     torch.manual_seed(job.settings.seed)
     if job.architecture == "largenet":
@@ -81,19 +82,13 @@ def run(job: TrainJob) -> TrainResult:
     return TrainResult(job.name, version, history, classes)
 
 
-def _normaliser(spec: InputSpec):
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return lambda batch: normalize_batch(batch, mean, std)  # the server's own normalisation
-
-
 def _train_largenet(job: TrainJob) -> tuple[Manifest, nn.Module, History, tuple[str, ...]]:
     data = load_data(job, LARGENET_INPUT)
     fit, val = split(data, job.val_fraction, job.settings.seed)
     params = {"num_classes": len(data.classes)}
     module = build("largenet", params)
     history = train(module, fit.images, fit.targets, val.images, val.targets, len(data.classes), job.settings,
-                    prepare=_normaliser(LARGENET_INPUT))
+                    prepare=Normalizer(LARGENET_INPUT))  # the server's own normalisation
     manifest = Manifest(kind="classifier", architecture="largenet", params=params, input=LARGENET_INPUT,
                         output=OutputSpec(shape=(len(data.classes),), labels=data.classes),
                         description=f"LargeNet trained by `featurizer train` on {job.data or 'Fashion-MNIST'}")
@@ -112,8 +107,8 @@ def _train_feature_head(job: TrainJob, registry: Registry) -> tuple[Manifest, nn
         device.close()
     cached = LabelledImages(maps, data.targets, data.classes)
     fit, val = split(cached, job.val_fraction, job.settings.seed)
-    in_features = maps.shape[1] if job.pooling in ("avg", "max") else maps[0].numel()
-    params = {"in_features": int(in_features), "num_classes": len(data.classes), "pooling": job.pooling,
+    in_features = maps.shape[1] if job.pooling in (Pooling.AVG, Pooling.MAX) else maps[0].numel()
+    params = {"in_features": int(in_features), "num_classes": len(data.classes), "pooling": Pooling(job.pooling).value,
               "hidden": job.hidden, "dropout": 0.0}
     head = build("feature_head", params)
     history = train(head, fit.images, fit.targets, val.images, val.targets, len(data.classes), job.settings)
