@@ -1,6 +1,7 @@
 """Generate the Open Inference Protocol (KServe v2) stubs into ``featurizer_client.v2``.
 
-The sibling of ``generate.py`` (featurizer.v1), done the same way: run ``python
+The sibling of ``generate.py`` (featurizer.v1), done the same way and by the same pinned
+grpcio-tools (gencode old enough for protobuf 6.3x and 7.x: see there): run ``python
 protos/generate_v2.py`` after editing ``protos/inference/grpc_predict_v2.proto``. The test
 ``tests/unit/test_stubs_v2.py`` regenerates into a temporary directory and fails when the
 committed stubs differ, so stale stubs never land.
@@ -19,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(PROTO_ROOT))
+from generate import check_generator  # noqa: E402  (the sibling script: one pin check)
 PROTO_FILE = "inference/grpc_predict_v2.proto"
 DEFAULT_OUT = PROTO_ROOT.parent / "client" / "featurizer_client" / "v2"
 GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py")
@@ -26,6 +29,7 @@ GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (grpcio-tools) and rewrite the absolute import so the stubs live in a package."""
+    check_generator()
     from grpc_tools import protoc  # dev dependency only
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,6 +52,11 @@ def test_client_installs_and_embeds_without_torch(venv, tmp_path):
     python = str(venv / "bin" / "python")
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, timeout=60)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    # Alone, the client resolves to protobuf 7: its 6.31 gencode runs there too (protobuf 6 beside
+    # tritonclient: tests/integration/test_client_beside_tritonclient.py).
+    protobuf = subprocess.run([python, "-c", "import google.protobuf; print(google.protobuf.__version__)"],
+                              capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert protobuf.split(".")[0] == "7", protobuf
     out = tmp_path / "x.npy"
     with running_server(registry) as server:
         done = subprocess.run([python, "-c", SCRIPT, server.target, str(out)], capture_output=True, text=True,

@@ -72,7 +72,7 @@ class EmbedOptions(_message.Message):
     pooling: Pooling
     normalize: bool
     output_dtype: DType
-    def __init__(self, layer: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: _Optional[bool] = ..., output_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    def __init__(self, layer: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: bool = ..., output_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "version", "images", "options")
@@ -110,7 +110,7 @@ class PredictRequest(_message.Message):
     top_k: int
     include_features: bool
     feature_options: EmbedOptions
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., include_features: _Optional[bool] = ..., feature_options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., include_features: bool = ..., feature_options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("index", "label", "probability")

@@ -5,7 +5,7 @@ import warnings
 
 from . import featurizer_pb2 as featurizer_dot_v1_dot_featurizer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class FeaturizerStub:
+class FeaturizerStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -66,7 +66,7 @@ class FeaturizerStub:
                 _registered_method=True)
 
 
-class FeaturizerServicer:
+class FeaturizerServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
@@ -154,7 +154,7 @@ def add_FeaturizerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Featurizer:
+class Featurizer(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
