@@ -1,11 +1,10 @@
 """Closed-loop load: N callers, each sending its next request as soon as the last one returns.
 
 Runs as its own process (light: grpc, aiohttp and numpy, never torch) so the server under test
-is measured from outside. Throughput counts the requests that complete inside the window
-(``--warmup`` seconds after the start, ``--seconds`` long), wherever they started: counting only
-requests that also started inside it would under-count slow requests (a 64-image batch). Prints one
-JSON line: images/s, latency percentiles, errors by code, and this process's CPU seconds (the
-share of the 2 cores the load itself took).
+is measured from outside; the loop and its window (``--warmup`` seconds after the start,
+``--seconds`` long) are ``closed_loop.py``'s, shared with ``triton_load.py``. Prints one JSON line:
+images/s, latency percentiles, errors by code, and this process's CPU seconds (the share of the
+2 cores the load itself took).
 """
 
 from __future__ import annotations
@@ -15,15 +14,12 @@ import asyncio
 import base64
 import json
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import grpc
-import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from closed_loop import client_cpu_seconds, run_callers  # noqa: E402
 from payloads import read_payloads  # noqa: E402
 
 from featurizer_client.v1 import featurizer_pb2 as pb  # noqa: E402
@@ -32,28 +28,6 @@ from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc  # noqa: E402
 RPC_TIMEOUT_S = 60.0
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
                    ("grpc.max_send_message_length", 256 * 1024 * 1024)]
-
-
-class Window:
-    """The measurement window and what completed inside it."""
-
-    def __init__(self, warmup: float, seconds: float) -> None:
-        now = time.perf_counter()
-        self.start = now + warmup
-        self.end = self.start + seconds
-        self.latencies: list[float] = []
-        self.images = 0
-        self.errors: Counter[str] = Counter()
-
-    def record(self, started: float, images: int, error: str | None) -> None:
-        finished = time.perf_counter()
-        if not self.start <= finished <= self.end:
-            return
-        if error is None:
-            self.latencies.append(finished - started)
-            self.images += images
-        else:
-            self.errors[error] += 1
 
 
 def grpc_sender(target: str, rpc: str, model: str):
@@ -94,31 +68,15 @@ def http_sender(target: str, rpc: str, model: str):
     return send, session.close
 
 
-async def caller(send, payloads: list[bytes], offset: int, batch: int, window: Window) -> None:
-    i = offset
-    while time.perf_counter() < window.end:
-        chunk = [payloads[(i + k) % len(payloads)] for k in range(batch)]
-        i += batch
-        started = time.perf_counter()
-        error = await send(chunk)
-        window.record(started, batch, error)
-
-
 async def run(args: argparse.Namespace) -> dict:
     payloads = read_payloads(args.payloads)
     make = http_sender if args.protocol == "http" else grpc_sender
     send, close = make(args.target, args.rpc, args.model)
-    window = Window(args.warmup, args.seconds)
     try:
-        await asyncio.wait_for(
-            asyncio.gather(*(caller(send, payloads, k, args.batch, window) for k in range(args.concurrency))),
-            timeout=args.warmup + args.seconds + RPC_TIMEOUT_S + 5)
+        return await run_callers(send, payloads, args.concurrency, args.batch, args.warmup, args.seconds,
+                                 RPC_TIMEOUT_S)
     finally:
         await close()
-    ms = np.array(window.latencies) * 1000 if window.latencies else np.array([float("nan")])
-    return {"concurrency": args.concurrency, "batch": args.batch, "seconds": args.seconds,
-            "requests": len(window.latencies), "images": window.images, "images_per_s": window.images / args.seconds,
-            "errors": dict(window.errors), "latency_ms": {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
-    cpu = psutil.Process().cpu_times()
-    result["client_cpu_s"] = cpu.user + cpu.system
+    result["client_cpu_s"] = client_cpu_seconds()
     print(json.dumps(result))
 
 

@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parent
 ANALYSIS = BENCH / "where_time_goes.md"
 PYTRITON = BENCH / "peers" / "PYTRITON.md"
 PEERS = ("litserve", "pytriton")
+V2 = ("v2-grpc", "v2-http")  # featurizer over the Open Inference Protocol, loaded by tritonclient
 # The issue's targets, per ratio: (at least, at most); a ratio without one is context only.
 TARGETS = {"featurizer/limit c32": (0.95, None), "featurizer/limit c64": (0.95, None),
            "featurizer/naive c32": (2.5, None), "featurizer/naive c64": (2.5, None),
@@ -42,6 +43,11 @@ def _ips(result: dict, label: str) -> Optional[float]:
     return load.get("images_per_s") or None
 
 
+def _p50(result: dict, label: str) -> Optional[float]:
+    load = result.get("loads", {}).get(label, {})
+    return load.get("latency_ms", {}).get("p50") if load.get("requests") else None
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a and b else None
 
@@ -61,6 +67,10 @@ def ratios_of_round(rnd: dict) -> dict[str, Optional[float]]:
         for other in ("naive", *PEERS):
             if other in rnd and "loads" in rnd[other]:
                 out[f"featurizer/{other} {label}"] = _ratio(_ips(feat, label), _ips(rnd[other], label))
+        for v2 in V2:  # the protocol's cost: the same server and loads, through tritonclient
+            if v2 in rnd and "loads" in rnd[v2]:
+                out[f"{v2}/featurizer.v1 {label}"] = _ratio(_ips(rnd[v2], label), _ips(feat, label))
+                out[f"{v2}/featurizer.v1 p50 {label}"] = _ratio(_p50(rnd[v2], label), _p50(feat, label))
     c1 = feat.get("loads", {}).get("c1", {}).get("latency_ms", {}).get("p50")
     if limit.get("batch1") and c1:
         out["featurizer p50 at 1 caller / limit batch-1 latency"] = c1 / limit["batch1"]["latency_ms"]["p50"]
@@ -145,6 +155,10 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
                                       for p in results["payloads"]["full"]) + "; LargeNet gets the same photos at 32x32.",
            "- Load generators are separate processes (grpc.aio, no torch) on the same 2 cores as the server: "
            "their CPU time (per load below, and `client_cpu_s` in the JSON) is taken from the server under test.",
+           "- `v2-grpc` / `v2-http`: the same featurizer server over the Open Inference Protocol, loaded by "
+           "tritonclient 2.73's asyncio clients (`bench/triton_load.py` in tritonclient's own venv): one BYTES "
+           "input of JPEGs per request, `embeddings` back (raw over gRPC, binary data over HTTP); "
+           "`v2-…/featurizer.v1` ratios compare them with the featurizer row of the same round.",
            "- Reproduce: `make bench` (this report), `make bench-quick` (smoke, written to bench/results/quick/); "
            "`python bench/run.py --systems featurizer --rounds 1 --concurrency '' --batch 0 --largenet-concurrency 0` "
            "for the 10-minute memory check alone; "

@@ -1,6 +1,7 @@
 """featurizer against the machine's limit, a naive server and real peers, in one run.
 
-Systems run one after another in interleaved rounds (limit, featurizer, naive, peers, echo; then
+Systems run one after another in interleaved rounds (limit, featurizer, the same featurizer over
+the Open Inference Protocol through tritonclient as v2-grpc and v2-http, naive, peers, echo; then
 again), because this machine's speed drifts within a run: ratios are taken inside a round and
 reported as the median and range over rounds. Every server is a subprocess started and stopped
 here; every load generator is a separate process. Writes bench/results/<timestamp>.json and
@@ -13,6 +14,7 @@ docs/performance.md (+ PNGs).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -31,7 +33,7 @@ from payloads import describe, write_payloads  # noqa: E402
 from procs import ChildFailed, run_to_json, stop_all  # noqa: E402
 from rss import RssSampler  # noqa: E402
 
-ALL_SYSTEMS = ("limit", "featurizer", "naive", "litserve", "pytriton", "echo")
+ALL_SYSTEMS = ("limit", "featurizer", "v2-grpc", "v2-http", "naive", "litserve", "pytriton", "echo")
 PYTRITON_REASON = (BENCH / "peers" / "PYTRITON.md")
 
 
@@ -123,10 +125,31 @@ def run_server(name: str, ctx: systems.Context, args: argparse.Namespace, round_
     return result
 
 
+def load_generator(running: systems.Running, load: dict) -> list[str]:
+    """featurizer.v1 and LitServe: loadgen.py here; the Open Inference Protocol: tritonclient's
+    own venv running triton_load.py (its protobuf pin keeps it out of this one)."""
+    if running.protocol in (systems.Protocol.V2_GRPC, systems.Protocol.V2_HTTP):
+        transport = "grpc" if running.protocol is systems.Protocol.V2_GRPC else "http"
+        if load["rpc"] != "embed":
+            raise ValueError(f"the v2 rows load embeddings only, not {load['rpc']!r}")
+        return [str(triton_python()), str(BENCH / "triton_load.py"), "--url", running.target, "--protocol", transport]
+    return [sys.executable, str(BENCH / "loadgen.py"), "--target", running.target, "--protocol", running.protocol,
+            "--rpc", load["rpc"]]
+
+
+@functools.cache
+def triton_python() -> Path:
+    """tritonclient's venv, ``.venv-triton``: built once (minutes) by the tests' helper, then reused."""
+    sys.path.insert(0, str(BENCH.parent))
+    from tests.support.triton import triton_python as build
+
+    return build()
+
+
 def run_load(running: systems.Running, load: dict, ctx: systems.Context, args: argparse.Namespace,
              round_index: int) -> dict:
-    argv = [sys.executable, str(BENCH / "loadgen.py"), "--target", running.target, "--protocol", running.protocol,
-            "--rpc", load["rpc"], "--model", load["model"], "--payloads", str(ctx.payloads[load["payloads"]]),
+    argv = [*load_generator(running, load), "--model", load["model"],
+            "--payloads", str(ctx.payloads[load["payloads"]]),
             "--concurrency", str(load["concurrency"]), "--batch", str(load["batch"]),
             "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
     timeout = args.warmup + args.seconds + 120
@@ -168,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "batch": args.batch, "largenet_concurrency": args.largenet_concurrency,
                                     "memory_minutes": args.memory_minutes},
                          "payloads": {kind: describe(folder) for kind, folder in payloads.items()}, "rounds": []}
+        if set(args.systems) & set(systems.V2_SYSTEMS):  # before the rounds: a first build takes minutes
+            print(f"tritonclient: {triton_python()}", flush=True)
         deadline = began + args.max_minutes * 60
         try:
             for r in range(args.rounds):

@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Optional
 
 import grpc
 
@@ -23,8 +25,22 @@ from procs import Child, ChildFailed
 
 BENCH = Path(__file__).resolve().parent
 LISTENING = r"listening on 127\.0\.0\.1:(\d+)"
+# featurizer's own lines: with --http-port the v2 HTTP line ("v2 HTTP listening on ...") comes first
+FEATURIZER_GRPC = r"featurizer listening on 127\.0\.0\.1:(\d+)"
+FEATURIZER_HTTP = r"v2 HTTP listening on 127\.0\.0\.1:(\d+)"
 START_TIMEOUT_S = 180.0
-SERVERS = ("featurizer", "naive", "litserve", "pytriton", "echo")
+# v2-grpc and v2-http: the same featurizer server, loaded through tritonclient (Open Inference Protocol)
+SERVERS = ("featurizer", "v2-grpc", "v2-http", "naive", "litserve", "pytriton", "echo")
+V2_SYSTEMS = ("v2-grpc", "v2-http")
+
+
+class Protocol(StrEnum):
+    """What a load generator speaks to a system: which generator runs, and how."""
+
+    GRPC = "grpc"        # featurizer.v1 (featurizer, naive, echo): loadgen.py
+    HTTP = "http"        # LitServe's JSON: loadgen.py
+    V2_GRPC = "v2-grpc"  # Open Inference Protocol over gRPC: triton_load.py under tritonclient's venv
+    V2_HTTP = "v2-http"  # Open Inference Protocol over HTTP: triton_load.py under tritonclient's venv
 
 
 @dataclass(frozen=True)
@@ -40,8 +56,9 @@ class Context:
 class Running:
     name: str
     child: Child
-    target: str
-    protocol: str  # "grpc" or "http"
+    target: str  # host:port that the load generator calls
+    protocol: Protocol
+    v1_target: Optional[str] = None  # featurizer's gRPC port, where warm-up sends featurizer.v1 calls
 
     def stop(self) -> None:
         self.child.stop()
@@ -57,19 +74,23 @@ def start(name: str, ctx: Context, round_index: int) -> Running:
     """Start ``name`` and wait until it has answered a real request."""
     py = sys.executable
     log_name = f"{name}-r{round_index}"
-    if name == "featurizer":  # as shipped: default settings, only addresses are chosen
+    if name == "featurizer" or name in V2_SYSTEMS:  # as shipped: default settings, only addresses are chosen
+        http = ["--http-port", "0"] if name == "v2-http" else []
         child = Child(log_name, [py, "-m", "featurizer", "serve", "--registry", str(ctx.registry),
-                                 "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"], ctx.log_dir)
-        running = Running(name, child, _grpc_target(child), "grpc")
+                                 "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *http], ctx.log_dir)
+        grpc_target = _grpc_target(child, FEATURIZER_GRPC)
+        target = _grpc_target(child, FEATURIZER_HTTP) if name == "v2-http" else grpc_target
+        protocol = {"v2-grpc": Protocol.V2_GRPC, "v2-http": Protocol.V2_HTTP}.get(name, Protocol.GRPC)
+        running = Running(name, child, target, protocol, v1_target=grpc_target)
     elif name in ("naive", "echo"):
         child = Child(log_name, [py, str(BENCH / f"{name}_server.py"), "--port", "0"], ctx.log_dir)
-        running = Running(name, child, _grpc_target(child), "grpc")
+        running = Running(name, child, _grpc_target(child), Protocol.GRPC)
     elif name == "litserve":
         port = free_port()
         child = Child(log_name, [py, str(BENCH / "peers" / "litserve_server.py"), "--port", str(port),
                                  "--max-batch-size", str(ctx.max_batch_size), "--max-delay-ms", str(ctx.max_delay_ms)],
                       ctx.log_dir)
-        running = Running(name, child, f"127.0.0.1:{port}", "http")
+        running = Running(name, child, f"127.0.0.1:{port}", Protocol.HTTP)
     else:
         raise ValueError(f"unknown system {name!r}; expected one of {', '.join(SERVERS)}")
     try:
@@ -80,8 +101,8 @@ def start(name: str, ctx: Context, round_index: int) -> Running:
     return running
 
 
-def _grpc_target(child: Child) -> str:
-    return f"127.0.0.1:{child.wait_for_line(LISTENING, START_TIMEOUT_S).group(1)}"
+def _grpc_target(child: Child, line: str = LISTENING) -> str:
+    return f"127.0.0.1:{child.wait_for_line(line, START_TIMEOUT_S).group(1)}"
 
 
 def _warm_up(running: Running, ctx: Context) -> None:
@@ -95,14 +116,17 @@ def _warm_up(running: Running, ctx: Context) -> None:
             raise ChildFailed(f"{running.name} exited with {running.child.proc.returncode}:\n"
                               f"{running.child.log_text()[-2000:]}")
         try:
-            if running.protocol == "http":
+            if running.protocol is Protocol.HTTP:
                 _http_embed(running.target, full)
             elif running.name == "echo":
                 _grpc_call(running.target, "predict", small)
+            elif running.v1_target is not None:  # featurizer, whichever protocol the load speaks
+                _grpc_call(running.v1_target, "embed", full)
+                _grpc_call(running.v1_target, "predict", small)
+                if running.protocol is Protocol.V2_HTTP:
+                    _v2_http_ready(running.target)
             else:
                 _grpc_call(running.target, "embed", full)
-                if running.name == "featurizer":
-                    _grpc_call(running.target, "predict", small)
             return
         except (grpc.RpcError, OSError) as error:
             last_error = f"{type(error).__name__}: {error}"
@@ -118,6 +142,12 @@ def _grpc_call(target: str, rpc: str, data: bytes) -> None:
             stub.Predict(pb.PredictRequest(model="largenet", images=images), timeout=60)
         else:
             stub.Embed(pb.EmbedRequest(model="alexnet", images=images), timeout=60)
+
+
+def _v2_http_ready(target: str) -> None:
+    """The Open Inference Protocol's readiness: 200 once every model is loaded (else HTTPError, an OSError)."""
+    with urllib.request.urlopen(f"http://{target}/v2/health/ready", timeout=60) as response:
+        response.read()
 
 
 def _http_embed(target: str, data: bytes) -> None:
