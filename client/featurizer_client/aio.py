@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import grpc
 import numpy as np
@@ -13,7 +15,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .channel import DEFAULT_CONNECT_TIMEOUT_S, Connection, Reach, RetryPolicy, Tls, default_target
 from .chunking import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, Progress, chunks, concat_rows, ordered_calls_async, plan
 from .client import DEFAULT_TIMEOUT_S
+from . import aio_bulk, bulk
+from .bulk import Collected, embed_spec, predict_spec
 from .errors import FeaturizerError
+from .jobs import DEFAULT_COMMIT_EVERY, Job, Results, Summary, drive_async
+from .outputs import OutputPaths
+from .sources import items_of
+from .window import DEFAULT_BULK_IN_FLIGHT, DEFAULT_STREAMS, Failure, OnError, Result, Window
 from .inputs import ImageLike
 from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
                        embeddings_of, health_error, model_of, models_of, predict_request, predictions_of)
@@ -80,6 +88,48 @@ class AsyncFeaturizerClient:
         with Progress(progress, total) as bar:
             return [p async for r in ordered_calls_async(submit, chunks(items, batch_size), max_in_flight, bar)
                     for p in predictions_of(r)]
+
+    # ----- bulk jobs over the stream RPCs: see FeaturizerClient.iter_embed and embed_to ---------
+    def iter_embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0,
+                   options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
+                   max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                   timeout: Optional[float] = None) -> AsyncIterator[Union[Result, Failure]]:
+        """``async for result in client.iter_embed(...)``; see ``FeaturizerClient.iter_embed``."""
+        window = Window(items_of(images), max_in_flight)
+        return aio_bulk.apply_policy(aio_bulk.run(self, embed_spec(model, version, options), window, streams,
+                                                  timeout), on_error)
+
+    async def embed_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
+                         on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
+        return bulk.collect([o async for o in self.iter_embed(images, model=model, on_error=on_error, **kwargs)],
+                            stack=True)
+
+    def iter_predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
+                     features: Optional[EmbedOptions] = None, on_error: OnError | str = OnError.RAISE,
+                     max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                     timeout: Optional[float] = None) -> AsyncIterator[Union[Result, Failure]]:
+        window = Window(items_of(images), max_in_flight)
+        return aio_bulk.apply_policy(aio_bulk.run(self, predict_spec(model, version, top_k, features), window,
+                                                  streams, timeout), on_error)
+
+    async def predict_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
+                           on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
+        return bulk.collect([o async for o in self.iter_predict(images, model=model, on_error=on_error, **kwargs)],
+                            stack=False)
+
+    async def embed_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
+                       version: int = 0, options: EmbedOptions = EmbedOptions(),
+                       on_error: OnError | str = OnError.RAISE, resume: bool = False, dedup: bool = False,
+                       progress: bool = False, max_in_flight: int = DEFAULT_BULK_IN_FLIGHT,
+                       streams: int = DEFAULT_STREAMS, commit_every: int = DEFAULT_COMMIT_EVERY,
+                       timeout: Optional[float] = None) -> Summary:
+        """See ``FeaturizerClient.embed_to``: the same files, byte for byte."""
+        values = list(bulk.inputs_of(images))
+        job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options), Results.MATRIX,
+                  on_error=on_error, resume=resume, dedup=dedup, commit_every=commit_every)
+        window = Window(job.items(), max_in_flight)
+        spec = embed_spec(model, version, options)
+        return await drive_async(job, lambda: aio_bulk.run(self, spec, window, streams, timeout), window, progress)
 
     async def list_models(self, *, timeout: Optional[float] = None) -> list[ModelInfo]:
         return models_of(await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))

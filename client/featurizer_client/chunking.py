@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Optional, TypeVar
 
 import numpy as np
 
+from .errors import FeaturizerError
 from .inputs import ImageLike, expand_inputs, to_image
+from .sources import Source, source_of
 from .v1 import featurizer_pb2 as pb
+from .window import located
 
 T = TypeVar("T")
 DEFAULT_BATCH_SIZE = 64
@@ -31,13 +35,28 @@ def plan(images: ImageLike | Iterable[ImageLike]) -> tuple[Iterable[ImageLike], 
     return items, len(items)
 
 
-def chunks(items: Iterable[ImageLike], batch_size: int) -> Iterator[list[pb.Image]]:
-    """Consecutive lists of at most ``batch_size`` Image messages, read and encoded lazily."""
+@dataclass(frozen=True)
+class Chunk:
+    """One call's images, with where they sit in the whole job (to name a bad one by its place)."""
+
+    start: int
+    sources: list[Source]
+    images: list[pb.Image]
+
+    def locate(self, error: FeaturizerError) -> FeaturizerError:
+        """The server says "images[6]" (its place in this call): say "images[70] (cat.jpg)"."""
+        return located(error, self.start, self.sources)
+
+
+def chunks(items: Iterable[ImageLike], batch_size: int) -> Iterator[Chunk]:
+    """Consecutive chunks of at most ``batch_size`` Image messages, read and encoded lazily."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     iterator = iter(items)
-    while chunk := [to_image(item) for item in islice(iterator, batch_size)]:
-        yield chunk
+    start = 0
+    while values := list(islice(iterator, batch_size)):
+        yield Chunk(start, [source_of(v, start + i) for i, v in enumerate(values)], [to_image(v) for v in values])
+        start += len(values)
 
 
 def concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
@@ -52,7 +71,7 @@ def check_window(max_in_flight: int) -> None:
         raise ValueError(f"max_in_flight: expected >= 1, got {max_in_flight}")
 
 
-def ordered_calls(submit: Callable[[list[pb.Image]], Any], batches: Iterable[list[pb.Image]],
+def ordered_calls(submit: Callable[[list[pb.Image]], Any], batches: Iterable[Chunk],
                   max_in_flight: int, progress: "Progress") -> Iterator[Any]:
     """Sync window: ``submit`` returns a gRPC future; yields each chunk's response in order."""
     check_window(max_in_flight)
@@ -61,7 +80,7 @@ def ordered_calls(submit: Callable[[list[pb.Image]], Any], batches: Iterable[lis
         for batch in batches:
             if len(pending) >= max_in_flight:
                 yield _done(pending.popleft(), progress)
-            pending.append((len(batch), submit(batch)))
+            pending.append((batch, submit(batch.images)))
         while pending:
             yield _done(pending.popleft(), progress)
     finally:
@@ -69,23 +88,26 @@ def ordered_calls(submit: Callable[[list[pb.Image]], Any], batches: Iterable[lis
             future.cancel()
 
 
-def _done(entry: tuple[int, Any], progress: "Progress") -> Any:
-    count, future = entry
-    result = future.result()
-    progress.update(count)
+def _done(entry: tuple[Chunk, Any], progress: "Progress") -> Any:
+    chunk, future = entry
+    try:
+        result = future.result()
+    except FeaturizerError as error:
+        raise chunk.locate(error) from None
+    progress.update(len(chunk.images))
     return result
 
 
-async def ordered_calls_async(submit: Callable[[list[pb.Image]], Awaitable[T]], batches: Iterable[list[pb.Image]],
+async def ordered_calls_async(submit: Callable[[list[pb.Image]], Awaitable[T]], batches: Iterable[Chunk],
                               max_in_flight: int, progress: "Progress") -> AsyncIterator[T]:
     """Async window: like ``ordered_calls`` with asyncio tasks."""
     check_window(max_in_flight)
-    pending: deque[tuple[int, asyncio.Task]] = deque()
+    pending: deque[tuple[Chunk, asyncio.Task]] = deque()
     try:
         for batch in batches:
             if len(pending) >= max_in_flight:
                 yield await _done_async(pending.popleft(), progress)
-            pending.append((len(batch), asyncio.ensure_future(submit(batch))))
+            pending.append((batch, asyncio.ensure_future(submit(batch.images))))
         while pending:
             yield await _done_async(pending.popleft(), progress)
     finally:
@@ -93,24 +115,27 @@ async def ordered_calls_async(submit: Callable[[list[pb.Image]], Awaitable[T]], 
             task.cancel()
 
 
-async def _done_async(entry: tuple[int, asyncio.Task], progress: "Progress") -> Any:
-    count, task = entry
-    result = await task
-    progress.update(count)
+async def _done_async(entry: tuple[Chunk, asyncio.Task], progress: "Progress") -> Any:
+    chunk, task = entry
+    try:
+        result = await task
+    except FeaturizerError as error:
+        raise chunk.locate(error) from None
+    progress.update(len(chunk.images))
     return result
 
 
 class Progress:
     """A tqdm bar when asked for (tqdm is the optional ``progress`` extra), else nothing."""
 
-    def __init__(self, enabled: bool, total: Optional[int], unit: str = "img") -> None:
+    def __init__(self, enabled: bool, total: Optional[int], unit: str = "img", initial: int = 0) -> None:
         self._bar = None
         if enabled:
             try:
                 from tqdm.auto import tqdm
             except ImportError:
                 raise ImportError("progress=True needs tqdm: pip install 'featurizer-client[progress]'") from None
-            self._bar = tqdm(total=total, unit=unit)
+            self._bar = tqdm(total=total, unit=unit, initial=initial)
 
     def update(self, count: int) -> None:
         if self._bar is not None:

@@ -1,8 +1,10 @@
 """featurizer-client: embed, predict, list models and check health from a shell.
 
 Exit status: 0 on success; 1 when the server refused or cannot be reached (the status and message
-go to stderr) or health is not SERVING; 2 for bad command-line arguments (a --batch-size below 1,
-an image path that matches no file, ...).
+go to stderr), health is not SERVING, or some images of an embed/predict job failed (with
+--on-error skip or collect: they are listed in the failures file); 2 for bad command-line
+arguments (a --max-in-flight below 1, an image path that matches no file, a --resume of another
+job's output, ...).
 """
 
 from __future__ import annotations
@@ -12,19 +14,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
-
-import numpy as np
+from typing import Callable, Optional
 
 from . import __version__
+from .bulk_cli import UsageError, cmd_embed, cmd_predict, embed_parser, predict_parser
 from .channel import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TARGET, TARGET_ENV, Tls, default_target, read_token
 from .client import FeaturizerClient
 from .errors import FeaturizerError
-from .messages import ModelInfo, Prediction
-
-
-class UsageError(Exception):
-    """A bad command-line argument found after parsing (exit status 2, like argparse's own)."""
+from .messages import ModelInfo
 
 
 def _client(args: argparse.Namespace, wait_for_ready: bool = True) -> FeaturizerClient:
@@ -36,52 +33,11 @@ def _client(args: argparse.Namespace, wait_for_ready: bool = True) -> Featurizer
                             connect_timeout=args.connect_timeout)
 
 
-def _image_paths(args: argparse.Namespace) -> list[Path]:
-    """The image files the arguments name, before any connection: a path or pattern that matches
-    nothing is a usage error, not a failed call."""
-    from .inputs import IMAGE_SUFFIXES, expand_inputs
-
-    try:
-        paths = [Path(p) for p in expand_inputs(args.images)]
-    except FileNotFoundError as error:
-        raise UsageError(f"images: {error}") from None
-    if not paths:
-        raise UsageError(f"images: no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in {' '.join(args.images)}")
-    return paths
-
-
-def cmd_embed(args: argparse.Namespace) -> int:
-    paths = _image_paths(args)
-    with _client(args) as client:
-        X = client.embed(paths, model=args.model, version=args.version, layer=args.layer,
-                         pooling=args.pooling or "", normalize=args.normalize, batch_size=args.batch_size,
-                         max_in_flight=args.max_in_flight, progress=args.progress)
-    np.save(args.output, X)
-    print(f"wrote {list(X.shape)} {X.dtype} to {args.output}", file=sys.stderr)
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    names = [str(p) for p in _image_paths(args)]
-    with _client(args) as client:
-        predictions = client.predict(names, model=args.model, version=args.version, top_k=args.top_k,
-                                     batch_size=args.batch_size, max_in_flight=args.max_in_flight)
-    if args.json:
-        print(json.dumps([_prediction_json(n, p) for n, p in zip(names, predictions)], indent=2))
-    else:
-        width = max(len(n) for n in names)
-        print(f"{'IMAGE':{width}}  {'LABEL':20} {'INDEX':>5}  PROBABILITY")
-        for name, p in zip(names, predictions):
-            print(f"{name:{width}}  {p.label:20} {p.index:>5}  {p.probability:.4f}")
-    return 0
-
-
-def _prediction_json(name: str, p: Prediction) -> dict:
-    out: dict = {"image": name, "label": p.label, "index": p.index, "probability": p.probability,
-                 "classes": [{"label": c.label, "index": c.index, "probability": c.probability} for c in p.classes]}
-    if p.positive_probability is not None:
-        out["positive_probability"] = p.positive_probability
-    return out
+def _with_client(command: Callable[[argparse.Namespace, FeaturizerClient], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as client:
+            return command(args, client)
+    return run
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -145,27 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mTLS (with --tls-key)")
     common.add_argument("--tls-key", type=Path, help="PEM client private key")
     common.add_argument("--tls-server-name", help="name to check the server certificate against")
-    bulk = argparse.ArgumentParser(add_help=False)
-    bulk.add_argument("images", nargs="+", help="image files, directories or glob patterns")
-    bulk.add_argument("--model-version", dest="version", type=int, default=0, help="model version (0 = default)")
-    bulk.add_argument("--batch-size", type=_positive_int, default=64, help="images per request [default: %(default)s]")
-    bulk.add_argument("--max-in-flight", type=_positive_int, default=4, help="requests at once [default: %(default)s]")
-
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    embed = commands.add_parser("embed", parents=[common, bulk], help="write feature vectors to a .npy file")
-    embed.add_argument("-o", "--output", type=Path, required=True, help="output .npy file, [N, D]")
-    embed.add_argument("--model", default="alexnet", help="model name or alias [default: %(default)s]")
-    embed.add_argument("--layer", default="", help="output layer of a features model (e.g. conv5, pool2)")
-    embed.add_argument("--pooling", choices=("flatten", "avg", "max", "none"),
-                       help="how a features model's map becomes a row [default: the model's own]")
-    embed.add_argument("--normalize", action="store_true", help="L2-normalise every row")
-    embed.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
-    embed.set_defaults(func=cmd_embed)
-    predict = commands.add_parser("predict", parents=[common, bulk], help="top classes per image")
-    predict.add_argument("--model", required=True, help="classifier or head model name or alias")
-    predict.add_argument("--top-k", type=int, default=0, help="classes per image (0 = 5, or all when fewer)")
-    predict.add_argument("--json", action="store_true", help="JSON instead of a table")
-    predict.set_defaults(func=cmd_predict)
+    embed_parser(commands, common, _positive_int).set_defaults(func=_with_client(cmd_embed))
+    predict_parser(commands, common, _positive_int).set_defaults(func=_with_client(cmd_predict))
     models = commands.add_parser("models", parents=[common], help="models, versions, states and aliases")
     models.add_argument("--json", action="store_true", help="JSON instead of a table")
     models.set_defaults(func=cmd_models)

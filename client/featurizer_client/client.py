@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import grpc
 import numpy as np
@@ -12,8 +14,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .channel import (DEFAULT_CONNECT_TIMEOUT_S, Connection, Reach, RetryPolicy, Tls, connectivity, default_target,
                       wait_until_ready)
 from .chunking import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, Progress, chunks, concat_rows, ordered_calls, plan
+from . import bulk
+from .bulk import Collected, embed_spec, predict_spec
 from .errors import FeaturizerError
 from .inputs import ImageLike
+from .jobs import DEFAULT_COMMIT_EVERY, Job, Results, Summary, drive
+from .outputs import OutputPaths
+from .sources import items_of
+from .window import DEFAULT_BULK_IN_FLIGHT, DEFAULT_STREAMS, Failure, OnError, Result, Window
 from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
                        embeddings_of, health_error, model_of, models_of, predict_request, predictions_of)
 from .v1 import featurizer_pb2 as pb
@@ -100,6 +108,74 @@ class FeaturizerClient:
         with Progress(progress, total) as bar:
             return [p for r in ordered_calls(submit, chunks(items, batch_size), max_in_flight, bar)
                     for p in predictions_of(r)]
+
+    # ----- bulk jobs over the stream RPCs (bulk.py): one bad input costs one row --------------
+    def iter_embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0,
+                   options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
+                   max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                   timeout: Optional[float] = None) -> Iterator[Union[Result, Failure]]:
+        """Each input's ``Result`` (``.value``: its row, ``.source``: its path or index), in input
+        order, over EmbedStream. ``on_error``: "raise" (``ItemFailure`` naming the input's global
+        index and file), "skip" (leave it out) or "collect" (a ``Failure`` in its place).
+        ``max_in_flight``: inputs read and not yet handed back; ``streams``: concurrent streams
+        (round_robin puts them on different replicas). ``timeout``: the longest wait for an answer.
+        """
+        window = Window(items_of(images), max_in_flight)
+        return bulk.apply_policy(bulk.run(self, embed_spec(model, version, options), window, streams, timeout),
+                                 on_error)
+
+    def embed_many(self, images: ImageLike | Iterable[ImageLike], *, model: str, on_error: OnError | str = OnError.RAISE,
+                   **kwargs: Any) -> Collected:
+        """``iter_embed`` gathered: ``.values`` ``[N, D]``, ``.sources`` row by row, ``.failures``."""
+        return bulk.collect(self.iter_embed(images, model=model, on_error=on_error, **kwargs), stack=True)
+
+    def iter_predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
+                     features: Optional[EmbedOptions] = None, on_error: OnError | str = OnError.RAISE,
+                     max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                     timeout: Optional[float] = None) -> Iterator[Union[Result, Failure]]:
+        """Like ``iter_embed`` over PredictStream: ``Result.value`` is a ``Prediction``."""
+        window = Window(items_of(images), max_in_flight)
+        return bulk.apply_policy(bulk.run(self, predict_spec(model, version, top_k, features), window, streams,
+                                          timeout), on_error)
+
+    def predict_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
+                     on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
+        """``iter_predict`` gathered: ``.values`` (Predictions), ``.sources``, ``.failures``."""
+        return bulk.collect(self.iter_predict(images, model=model, on_error=on_error, **kwargs), stack=False)
+
+    def embed_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
+                 version: int = 0, options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
+                 resume: bool = False, dedup: bool = False, progress: bool = False,
+                 max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                 commit_every: int = DEFAULT_COMMIT_EVERY, timeout: Optional[float] = None) -> Summary:
+        """Embed every input into ``out`` (a ``.npy``), writing as answers arrive (docs/client.md).
+
+        Beside it: ``<out>.names.txt`` (row i's source on line i), ``<out>.failures.jsonl`` and
+        ``<out>.journal.json``. ``resume``: go on from what an earlier run (crashed, killed)
+        committed; the files end byte for byte as an uninterrupted run writes them. ``dedup``:
+        inputs with identical bytes are sent once and the row copied.
+        """
+        values = list(bulk.inputs_of(images))
+        job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options), Results.MATRIX,
+                  on_error=on_error, resume=resume, dedup=dedup, commit_every=commit_every)
+        window = Window(job.items(), max_in_flight)
+        spec = embed_spec(model, version, options)
+        return drive(job, lambda: bulk.run(self, spec, window, streams, timeout), window, progress)
+
+    def predict_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
+                   version: int = 0, top_k: int = 0, features: Optional[EmbedOptions] = None,
+                   on_error: OnError | str = OnError.RAISE, resume: bool = False, progress: bool = False,
+                   max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                   commit_every: int = DEFAULT_COMMIT_EVERY, timeout: Optional[float] = None) -> Summary:
+        """Predict every input into ``out`` as JSON lines (one per good input, naming it); failures
+        and journal beside it, resumable like ``embed_to``."""
+        values = list(bulk.inputs_of(images))
+        description = bulk.describe("predict", model, version, features, top_k=top_k)
+        job = Job(OutputPaths.beside(Path(out)), values, description, Results.LINES, on_error=on_error,
+                  resume=resume, dedup=False, commit_every=commit_every)
+        window = Window(job.items(), max_in_flight)
+        spec = predict_spec(model, version, top_k, features)
+        return drive(job, lambda: bulk.run(self, spec, window, streams, timeout), window, progress)
 
     def list_models(self, *, timeout: Optional[float] = None) -> list[ModelInfo]:
         """Every model in the server's registry, sorted by name, with versions, states and aliases."""

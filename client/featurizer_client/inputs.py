@@ -71,8 +71,3 @@ def expand_inputs(images: ImageLike | Iterable[ImageLike]) -> Iterator[ImageLike
             yield from expand_paths(item)
         else:
             yield item
-
-
-def iter_images(images: ImageLike | Iterable[ImageLike]) -> Iterator[pb.Image]:
-    """Flatten a single input or a sequence of inputs (paths may be directories or globs)."""
-    return (to_image(item) for item in expand_inputs(images))
