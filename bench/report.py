@@ -16,6 +16,7 @@ from typing import Optional
 
 BENCH = Path(__file__).resolve().parent
 ANALYSIS = BENCH / "where_time_goes.md"
+DECODING = BENCH / "decoding.md"  # hand-written: bench/decode_deviation.py's table and what it decided
 PYTRITON = BENCH / "peers" / "PYTRITON.md"
 PEERS = ("litserve", "pytriton")
 V2 = ("v2-grpc", "v2-http")  # featurizer over the Open Inference Protocol, loaded by tritonclient
@@ -189,6 +190,8 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
     out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
     if ANALYSIS.exists():
         out += [ANALYSIS.read_text().strip(), ""]
+    if DECODING.exists():
+        out += [DECODING.read_text().strip(), ""]
     if "pytriton" in cfg["systems"]:
         out += ["## Peers that could not run", "", PYTRITON.read_text().strip(), ""]
     return "\n".join(out)

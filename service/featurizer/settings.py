@@ -32,6 +32,27 @@ class SettingsError(ValueError):
     """A flag or environment variable with a bad value."""
 
 
+class InvalidOption(ValueError):
+    """An option's value that cannot work (a training folder without classes, a bad backbone name).
+
+    Raised by the library, which names the option as a field name (``val_fraction``); the command
+    line shows it as its flag (``--val-fraction``), so library messages never spell flags."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option = option
+        self.problem = problem
+
+
+class InvalidSetting(InvalidOption):
+    """A ``Settings`` field whose value cannot work here (a busy port, a missing GPU, an empty token
+    file); the command line names its flag and its environment variable."""
+
+    @property
+    def setting(self) -> str:
+        return self.option
+
+
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -46,6 +67,8 @@ class Settings:
                               "(0 = pick a free one, -1 = disabled)")
     device: str = _opt("auto", "cpu, cuda or cuda:N; auto = cuda when available, else cpu")
     precision: str = _opt("fp32", "fp32, fp16 or bf16 (autocast; fp16/bf16 on CUDA only)", choices=("fp32", "fp16", "bf16"))
+    decode_device: str = _opt("cpu", "where JPEGs are decoded: cpu, or cuda (nvJPEG, in batches; other formats and "
+                                     "JPEGs it cannot take stay on the CPU; refused without CUDA)", choices=("cpu", "cuda"))
     channels_last: str = _opt("auto", "on, off or auto (on for CPU and CUDA, where it is faster for AlexNet)", choices=("auto", "on", "off"))
     threads: int = _opt(0, "intra-op threads for torch on CPU (0 = torch's default)")
     max_batch_size: int = _opt(64, "largest batch (images) per forward pass, unless a model's manifest says otherwise")

@@ -29,10 +29,22 @@ from featurizer.settings import Settings
 LISTENING = re.compile(r"featurizer listening on ([\d.]+):(\d+) \(metrics (?:on :)?(\S+?)\)")
 
 
+DEVICE_SETTINGS = ("device", "precision", "decode_device")
+
+
+def device_overrides() -> dict[str, str]:
+    """Where the servers tests start run: ``FEATURIZER_TEST_DEVICE`` (and ``_PRECISION``,
+    ``_DECODE_DEVICE``) when set, so bench/gpu_check.sh runs the same tests on a GPU; unset, the
+    settings' defaults. A flag or override a test passes itself still wins."""
+    return {name: os.environ[f"FEATURIZER_TEST_{name.upper()}"] for name in DEVICE_SETTINGS
+            if os.environ.get(f"FEATURIZER_TEST_{name.upper()}")}
+
+
 class ServerThread:
     """A FeaturizerServer running on its own asyncio loop in a daemon thread."""
 
     def __init__(self, registry: Path, *, load: bool = True, **overrides: Any) -> None:
+        overrides = {**device_overrides(), **overrides}  # a test's own device= wins
         settings = Settings(registry=Path(registry), host="127.0.0.1", port=0, metrics_port=overrides.pop("metrics_port", -1),
                             poll_interval=overrides.pop("poll_interval", 0), log_format="text", **overrides)
         self.loop = asyncio.new_event_loop()
@@ -96,8 +108,9 @@ class ServerProcess:
                 "--metrics-port", "0", "--log-format", "json", *flags]
         if registry is not None:
             args += ["--registry", str(registry)]
+        device_env = {f"FEATURIZER_{name.upper()}": value for name, value in device_overrides().items()}
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **device_env, **(env or {})})
         # Drain stderr all along: an unread pipe fills up (64 KiB of access logs) and blocks the server.
         self._stderr: list[str] = []
         self._drain = threading.Thread(target=self._stderr.extend, args=(self.proc.stderr,), daemon=True)

@@ -2,7 +2,8 @@
 
 Everything device-specific (pinned memory, non_blocking copies, autocast, channels_last, the
 inference thread) lives here, so the batcher and the models never branch on CPU vs CUDA.
-The CUDA path is written for GPUs but only verified on CPU in this project's CI.
+The CUDA path is written for GPUs but only verified on CPU in this project's CI (``bench/gpu_check.sh``
+checks it on a GPU machine: docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Iterator, Optional
 
 import torch
 from torch import nn
+
+from featurizer.settings import InvalidSetting
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # torch's default intra-op thread count, read once at import: later, a new thread's count follows
@@ -53,13 +56,13 @@ class Device:
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
+            raise InvalidSetting("device", f"expected cpu, cuda or cuda:N, got {name!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+            raise InvalidSetting("device", f"{name}: CUDA is not available on this machine")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise InvalidSetting("device", f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if device.type == "cpu" and precision == "fp16":
-            raise ValueError("--precision fp16 needs a CUDA device; use fp32 (or bf16) on CPU")
+            raise InvalidSetting("precision", "fp16 needs a CUDA device; use fp32 (or bf16) on CPU")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed batch shapes repeat: let cuDNN pick its kernels once
         return cls(device, precision, channels_last != "off", threads)
@@ -83,6 +86,8 @@ class Device:
         """Same-shape CHW images -> one NCHW batch on the device, stacked once. On CUDA the stack
         lands in pinned host memory and travels by an asynchronous copy (uint8 travels, so 4x
         less traffic than float32); the caching host allocator keeps the buffer until the copy ends."""
+        if self.type == "cuda" and any(image.is_cuda for image in images):  # decoded on the GPU already
+            return self.format(torch.stack([image.to(self.torch_device, non_blocking=True) for image in images]))
         first = images[0]
         host = torch.empty((len(images), *first.shape), dtype=first.dtype, pin_memory=self.type == "cuda")
         torch.stack(list(images), out=host)
@@ -118,6 +123,32 @@ class Device:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_device(name: str, serving: Device) -> Optional[torch.device]:
+    """Where JPEGs are decoded: None for the CPU; for ``cuda``, the serving GPU (or GPU 0 when the
+    model runs on the CPU). Refused where CUDA is absent, at start-up rather than on the first request."""
+    if name == "cpu":
+        return None
+    if name != "cuda":
+        raise InvalidSetting("decode_device", f"expected cpu or cuda, got {name!r}")
+    if not torch.cuda.is_available():
+        raise InvalidSetting("decode_device", f"decoding JPEGs on the GPU needs CUDA, and this machine has none "
+                                              f"(torch {torch.__version__}, {torch.cuda.device_count()} CUDA devices); "
+                                              f"decode on the CPU instead")
+    return serving.torch_device if serving.type == "cuda" else torch.device("cuda", 0)
+
+
+def bind_thread(device: torch.device) -> None:
+    """Make ``device`` the calling thread's GPU (a thread-pool initializer; nothing on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def finish_queued_work(device: torch.device) -> None:
+    """Wait for the work queued on ``device``'s current stream (nothing to wait for on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def use_intra_op_threads(count: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,13 +18,14 @@ import torch
 from featurizer.architectures import ArchitectureError, LayeredFeatures, Pooling
 from featurizer.inference.device import DEFAULT_THREADS
 from featurizer.inference.errors import FailedPrecondition, InvalidArgument
+from featurizer.inference.gpu_decode import batch_decoder
 from featurizer.inference.runner import FeatureOutput, Item, Output
 from featurizer.metrics import Metrics
 from featurizer.inference.models import ModelManager, ModelVersion
 from featurizer.inference.preparation import Preparer, RawImage
 from featurizer.inference.preprocessing import ImageLimits
 from featurizer.inference.requests import ClassScore, EmbedOptions
-from featurizer.registry.manifest import InputMode, Kind
+from featurizer.registry.manifest import DecodeMode, InputMode, Kind
 from featurizer.settings import Settings
 
 DEFAULT_TOP_K = 5
@@ -50,38 +52,41 @@ class Engine:
         self.manager = manager
         self.settings = settings
         self.metrics = metrics
-        self.preparer = Preparer(ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
-                                 settings.preprocess_workers, settings.threads or DEFAULT_THREADS)
+        limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.preparer = Preparer(limits, settings.preprocess_workers, settings.threads or DEFAULT_THREADS,
+                                 batch_decoder(settings.decode_device, manager.device, limits))
 
     def close(self) -> None:
         self.preparer.close()
 
     async def embed(self, model: str, version: int, images: Sequence[RawImage], options: EmbedOptions,
-                    deadline: Optional[float] = None) -> Embeddings:
+                    deadline: Optional[float] = None, decode: Optional[DecodeMode] = None) -> Embeddings:
+        """``decode``: this request's JPEG decode mode (None: the model's ``input.decode``)."""
         mv = self.manager.resolve(model, version)
         backbone = self.manager.backbone_of(mv)
         output = self._embed_output(mv, options)
         async with self.manager.lease(mv, backbone):
-            rows = await self._run(backbone, mv.name, images, (output,), deadline)
+            rows = await self._run(backbone, mv.name, images, (output,), deadline, decode)
         array = _finish(_stack(rows, 0), options)
         self.metrics.images.labels(mv.name).inc(len(images))
         return Embeddings(mv.name, mv.version, array)
 
     async def predict(self, model: str, version: int, images: Sequence[RawImage], top_k: int = 0,
-                      features: Optional[EmbedOptions] = None, deadline: Optional[float] = None) -> Predictions:
+                      features: Optional[EmbedOptions] = None, deadline: Optional[float] = None,
+                      decode: Optional[DecodeMode] = None) -> Predictions:
         mv = self.manager.resolve(model, version)
-        if mv.manifest.kind is Kind.FEATURES:
+        if mv.loaded_manifest.kind is Kind.FEATURES:
             raise FailedPrecondition(f"model {mv.name} is a features model; Predict needs a classifier or head (use Embed)")
-        labels = mv.manifest.output.labels
+        labels = mv.loaded_manifest.output.labels
         k = _top_k(top_k, len(labels))
         backbone = self.manager.backbone_of(mv)
-        outputs: tuple[Output, ...] = (mv.head or FeatureOutput(None, "none"),)
+        outputs: tuple[Output, ...] = (mv.head or FeatureOutput(None, Pooling.NONE),)
         if features is not None:
             if mv.head is None:
                 raise FailedPrecondition(f"include_features: model {mv.name} is a standalone classifier with no backbone")
             outputs += (self._embed_output(backbone, features),)
         async with self.manager.lease(mv, backbone):
-            rows = await self._run(backbone, mv.name, images, outputs, deadline)
+            rows = await self._run(backbone, mv.name, images, outputs, deadline, decode)
         logits = _stack(rows, 0).astype(np.float32)
         top, positive = _rank(logits, labels, k)
         feats = None
@@ -93,11 +98,11 @@ class Engine:
     def _embed_output(self, mv: ModelVersion, options: EmbedOptions) -> Output:
         if options.dtype not in ("float32", "float16"):
             raise InvalidArgument(f"options.output_dtype: expected float32 or float16, got {options.dtype}")
-        if mv.head is not None or mv.manifest.kind is not Kind.FEATURES:
+        if mv.head is not None or mv.loaded_manifest.kind is not Kind.FEATURES:
             if options.layer or options.pooling:
-                raise InvalidArgument(f"options.layer/pooling apply to features models; {mv.name} is a {mv.manifest.kind}")
+                raise InvalidArgument(f"options.layer/pooling apply to features models; {mv.name} is a {mv.loaded_manifest.kind}")
             return mv.head or FeatureOutput(None, Pooling.NONE)
-        module = mv.runner.module
+        module = mv.backbone_serving.runner.module
         if not isinstance(module, LayeredFeatures):  # no named layers: its output as is
             if options.layer or options.pooling:
                 raise InvalidArgument(f"options.layer/pooling: model {mv.name} has no selectable layers")
@@ -115,19 +120,23 @@ class Engine:
         return FeatureOutput(layer, pooling)
 
     async def _run(self, backbone: ModelVersion, model: str, images: Sequence[RawImage],
-                   outputs: tuple[Output, ...], deadline: Optional[float]) -> list[tuple[torch.Tensor, ...]]:
+                   outputs: tuple[Output, ...], deadline: Optional[float],
+                   decode: Optional[DecodeMode] = None) -> list[tuple[torch.Tensor, ...]]:
         self._check_count(images)
-        spec = backbone.manifest.input
+        spec = backbone.loaded_manifest.input
+        if decode is not None and decode is not spec.decode:
+            spec = dataclasses.replace(spec, decode=decode)  # the request's choice over the model's
         started = time.perf_counter()
         plan = self.preparer.plan(images, spec)  # headers only: bad input is refused before overload
         # Admission before decoding: a refused request costs nothing, and images being prepared
         # count against --max-queue (otherwise refusals take as long as successes under load).
-        admission = backbone.batcher.admit(len(images))
+        serving = backbone.backbone_serving
+        admission = serving.batcher.admit(len(images))
         try:
-            tensors = await self.preparer.run(plan, spec, backbone.min_side, backbone.batcher.idle, deadline)
+            tensors = await self.preparer.run(plan, spec, serving.min_side, serving.batcher.idle, deadline)
             self.metrics.preprocess.labels(model).observe(time.perf_counter() - started)
             _check_one_size(backbone, tensors, outputs)
-            rows = await backbone.batcher.submit([Item(t, outputs) for t in tensors], deadline=deadline,
+            rows = await serving.batcher.submit([Item(t, outputs) for t in tensors], deadline=deadline,
                                                  admission=admission)
         finally:
             admission.release()  # a no-op once submit took it
@@ -146,7 +155,7 @@ def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], out
     """Refuse, before the forward pass, native-size images of different sizes whose rows would
     differ in length: the response holds one tensor for all rows."""
     sizes = [tuple(t.shape[1:]) for t in tensors]
-    if backbone.manifest.input.mode is not InputMode.NATIVE or len(set(sizes)) < 2:
+    if backbone.loaded_manifest.input.mode is not InputMode.NATIVE or len(set(sizes)) < 2:
         return
     varying = [o for o in outputs if isinstance(o, FeatureOutput) and _size_dependent(backbone, o)]
     if not varying:
@@ -163,7 +172,7 @@ def _size_dependent(backbone: ModelVersion, output: FeatureOutput) -> bool:
     """Whether this output's per-image shape follows the input size on a native-size model."""
     if output.pooling not in (Pooling.NONE, Pooling.FLATTEN):
         return False  # global avg/max pooling: [C] whatever the size
-    if isinstance(backbone.runner.module, LayeredFeatures):
+    if isinstance(backbone.backbone_serving.runner.module, LayeredFeatures):
         return True  # a layered conv stack: every layer's map follows the input
     return -1 in backbone.output_shape  # the module's own output: as warm-up measured at two sizes
 
@@ -224,5 +233,5 @@ def _rank(logits: np.ndarray, labels: Sequence[str], k: int) -> tuple[list[list[
         probs = exp / exp.sum(axis=1, keepdims=True)
         positive = []
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    top = [[ClassScore(label=labels[j], index=int(j), probability=float(p[j])) for j in row] for p, row in zip(probs, order)]
+    top = [[ClassScore(label=labels[j], index=int(j), probability=float(p[j])) for j in row] for p, row in zip(probs, order, strict=True)]
     return top, positive

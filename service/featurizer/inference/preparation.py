@@ -36,9 +36,10 @@ import torch
 
 from featurizer.inference.device import per_thread_intra_op, single_threaded_worker
 from featurizer.inference.errors import DeadlineExceeded, InvalidArgument
-from featurizer.registry.manifest import InputSpec
-from featurizer.inference.preprocessing import (ImageLimits, Probe, decode_probed, from_float_chw, from_uint8_hwc, min_side_ok,
-                            probe, resize_for)
+from featurizer.inference.gpu_decode import JpegBatchDecoder
+from featurizer.registry.manifest import InputMode, InputSpec
+from featurizer.inference.preprocessing import (ImageLimits, Probe, decode_for, from_float_chw, from_uint8_hwc, min_side_ok,
+                                                probe, resize_for)
 
 RawImage = Union[bytes, np.ndarray]
 INLINE_MAX_BYTES = 16 * 1024       # larger files are not even probed on the loop
@@ -57,8 +58,10 @@ class Plan:
 class Preparer:
     """Turns request images into the backbone's uint8 (or float) CHW tensors."""
 
-    def __init__(self, limits: ImageLimits, workers: int, all_threads: int) -> None:
+    def __init__(self, limits: ImageLimits, workers: int, all_threads: int,
+                 decoder: Optional[JpegBatchDecoder] = None) -> None:
         self.limits = limits
+        self.decoder = decoder  # JPEGs on the GPU, in batches (gpu_decode.py); None: everything here
         self.workers = workers
         self.all_threads = all_threads
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess",
@@ -67,6 +70,8 @@ class Preparer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.decoder is not None:
+            self.decoder.close()
 
     async def prepare(self, images: Sequence[RawImage], spec: InputSpec, min_side: int,
                       device_idle: bool, deadline: Optional[float] = None) -> list[torch.Tensor]:
@@ -97,6 +102,10 @@ class Preparer:
         for i, image in plan.inline:
             tensors[i] = self._prepare(image, spec, min_side, i)
         deferred = plan.deferred
+        if deferred and self.decoder is not None:  # what nvJPEG takes is decoded there; the rest below
+            decoded, deferred = await self.decoder.decode(deferred, spec, min_side, deadline)
+            for i, tensor in decoded:
+                tensors[i] = tensor
         if deferred:
             alone = len(deferred) == 1 and self._on_pool == 0 and device_idle and per_thread_intra_op()
             threads = self.all_threads if alone else 1
@@ -118,7 +127,7 @@ class Preparer:
                 raise
             finally:
                 self._on_pool -= len(deferred)
-            for (i, _), tensor in zip(deferred, done):
+            for (i, _), tensor in zip(deferred, done, strict=True):
                 tensors[i] = tensor
         return tensors  # type: ignore[return-value]  # every slot was filled above
 
@@ -156,7 +165,8 @@ class Preparer:
             if isinstance(image, np.ndarray):
                 raw = from_uint8_hwc(image, self.limits, where)
             else:
-                raw = decode_probed(image if isinstance(image, Probe) else probe(image, self.limits, where), where)
+                probed = image if isinstance(image, Probe) else probe(image, self.limits, where)
+                raw = decode_for(probed, spec, spec.decode, where)  # spec.decode: the model's or the request's
             tensor = resize_for(raw, spec, self.limits, where)
         min_side_ok(spec, tensor.shape[1], tensor.shape[2], min_side, where)
         return tensor
@@ -166,9 +176,9 @@ def _inline_work(spec: InputSpec, height: int, width: int) -> bool:
     """Whether decoding ``height x width`` pixels and resizing them for ``spec`` is small work."""
     if height * width > INLINE_MAX_PIXELS:
         return False
-    if spec.mode == "resize_crop":
+    if spec.mode is InputMode.RESIZE_CROP:
         short, long = min(height, width), max(height, width)
-        return short > 0 and spec.resize * spec.resize * long // short <= INLINE_MAX_PIXELS
-    if spec.mode == "resize":
-        return spec.height * spec.width <= INLINE_MAX_PIXELS
+        return short > 0 and spec.short_side * spec.short_side * long // short <= INLINE_MAX_PIXELS
+    if spec.mode is InputMode.RESIZE:
+        return spec.target[0] * spec.target[1] <= INLINE_MAX_PIXELS
     return True

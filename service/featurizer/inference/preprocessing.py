@@ -1,8 +1,9 @@
 """Image bytes or raw tensors -> one uint8 (or preprocessed float32) CHW tensor per image.
 
-Pure functions; ``preparation.py`` decides which thread runs them. Decoding happens once, to uint8;
-resizing and cropping stay in uint8 (antialiased, exactly torchvision's ``ImageClassification``
-preset); scaling to [0, 1] and mean/std normalisation happen later, on the device, per batch.
+Pure functions; ``preparation.py`` decides which thread runs them. Decoding happens once, to uint8
+(at a reduced JPEG scale in ``fast`` decode mode); resizing gives exactly torchvision's
+``ImageClassification`` preset's uint8 pixels without a full-size float copy (``decode_resize.py``);
+scaling to [0, 1] and mean/std normalisation happen later, on the device, per batch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torchvision.transforms.functional as TF  # the functions ImageClassificat
 from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from featurizer.inference.decode_resize import crop_rows, decode_reduced, draft_size, resize_exact, resized_size
 from featurizer.inference.errors import InvalidArgument
-from featurizer.registry.manifest import InputSpec
+from featurizer.registry.manifest import DecodeMode, InputMode, InputSpec
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding, with a clear status
 _SIGNATURES = (
@@ -127,6 +129,22 @@ def decode_probed(image: Probe, where: str = "image") -> torch.Tensor:
         raise InvalidArgument(f"{where}: cannot decode {image.kind} data ({type(error).__name__})") from None
 
 
+def decode_for(image: Probe, spec: InputSpec, mode: DecodeMode, where: str = "image") -> torch.Tensor:
+    """A probed image -> uint8 RGB [3, H, W], at a reduced JPEG scale when ``mode`` is fast and the
+    resize for ``spec`` needs fewer pixels (never below the resize's size); otherwise exact."""
+    side = draft_size(spec) if mode is DecodeMode.FAST and image.kind == "JPEG" else None
+    if side is None:
+        return decode_probed(image, where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not decode_reduced(image.pil, side):
+                return decode_probed(image, where)
+            return _decode_pil(image.pil)
+    except Exception as error:  # as in decode_probed: a decoder failure is a bad image
+        raise InvalidArgument(f"{where}: cannot decode {image.kind} data ({type(error).__name__})") from None
+
+
 def decode(data: bytes, limits: ImageLimits, where: str = "image") -> torch.Tensor:
     """Encoded bytes -> uint8 RGB [3, H, W]. Refuses bombs before decoding the pixels."""
     return decode_probed(probe(data, limits, where), where)
@@ -219,12 +237,13 @@ def resize_for(image: torch.Tensor, spec: InputSpec, limits: ImageLimits | None 
 
     A resize of the short side scales the long side too: a 65,000x1 strip would become a
     16-gigapixel intermediate, so the intermediate is held to the same pixel limit as inputs."""
-    if spec.mode == "resize_crop":
-        _check_resized(image.shape[1], image.shape[2], spec.resize, limits, where)
-        image = TF.resize(image, [spec.resize], antialias=True)
-        return TF.center_crop(image, [spec.height, spec.width])
-    if spec.mode == "resize":
-        return TF.resize(image, [spec.height, spec.width], antialias=True)
+    if spec.mode is InputMode.RESIZE_CROP:
+        _check_resized(image.shape[-2], image.shape[-1], spec.short_side, limits, where)
+        size = resized_size(image.shape[-2], image.shape[-1], spec.short_side)
+        image = resize_exact(image, size, crop_rows(spec, size))
+        return TF.center_crop(image, list(spec.target))
+    if spec.mode is InputMode.RESIZE:
+        return resize_exact(image, spec.target)
     return image
 
 

@@ -38,6 +38,15 @@ class InputMode(StrEnum):
     NATIVE = "native"
 
 
+class DecodeMode(StrEnum):
+    """How a JPEG is decoded: ``exact`` gives torchvision's preset numbers; ``fast`` lets libjpeg
+    decode at 1/2, 1/4 or 1/8 scale when the resize needs no more (a few times faster on phone
+    photos, embeddings within the cosines in docs/performance.md)."""
+
+    EXACT = "exact"
+    FAST = "fast"
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MANIFEST_FILE = "model.json"
@@ -89,13 +98,14 @@ class InputSpec:
                     _expect("must be 3 finite numbers")] = IMAGENET_MEAN
     std: Annotated[tuple[PositiveFloat, PositiveFloat, PositiveFloat],
                    _expect("must be 3 positive numbers")] = IMAGENET_STD
+    decode: Annotated[DecodeMode, _expect(_one_of(DecodeMode))] = DecodeMode.EXACT
 
     @model_validator(mode="before")
     @classmethod
     def _sizes_of_the_mode(cls, data: Any) -> Any:
         """A decoded input object keeps only the sizes its mode uses (the others are ignored)."""
         if isinstance(data, dict):
-            unused = {"native": ("resize", "height", "width"), "resize": ("resize",)}.get(data.get("mode"), ())
+            unused = {"native": ("resize", "height", "width"), "resize": ("resize",)}.get(str(data.get("mode")), ())
             data = {**data, **{name: None for name in unused}}
         return data
 
@@ -111,9 +121,25 @@ class InputSpec:
         return self
 
     @property
+    def target(self) -> tuple[int, int]:
+        """(H, W) a resize or resize_crop model takes; ManifestError for a native-size one."""
+        if self.height is None or self.width is None:
+            raise ManifestError(f"input mode {self.mode} has no fixed size")
+        return self.height, self.width
+
+    @property
+    def short_side(self) -> int:
+        """The short side a resize_crop model resizes to before cropping; ManifestError otherwise."""
+        if self.resize is None:
+            raise ManifestError(f"input mode {self.mode} does not resize the short side")
+        return self.resize
+
+    @property
     def size(self) -> Optional[tuple[int, int]]:
         """(H, W) of every input, or None for native inputs (any size)."""
-        return None if self.mode is InputMode.NATIVE else (int(self.height), int(self.width))
+        if self.mode is InputMode.NATIVE or self.height is None or self.width is None:
+            return None  # sizes are required by every other mode (checked above)
+        return self.height, self.width
 
 
 @dataclass(frozen=True)
@@ -195,6 +221,12 @@ class Manifest:
         if info.context == _FROM_FILE and not self.weights.sha256:  # built in Python: publishing computes it
             raise _rule("'weights.sha256' must be 64 lowercase hex digits, got ''")
         return self
+
+    def head_backbone(self) -> BackboneRef:
+        """A head's backbone; parsing refuses a head without one, so this fails only for other kinds."""
+        if self.backbone is None:
+            raise ManifestError(f"a {self.kind} model has no 'backbone'")
+        return self.backbone
 
     def to_json(self) -> str:
         data = asdict(self)
