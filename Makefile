@@ -10,7 +10,7 @@ APT_DEPS  := prometheus dataset-fashion-mnist docker-compose
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps node-deps run test test-fast bench bench-quick soak protos clean
+.PHONY: help install system-deps node-deps run lint test test-fast bench bench-quick soak protos clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,10 +38,14 @@ run: install ## serve the embedded demo registry on 0.0.0.0:50051 (metrics on :9
 node-deps: ## npm packages of the cross-language client test (tests/node)
 	[ ! -f tests/node/package.json ] || (cd tests/node && npm install --no-audit --no-fund --loglevel=error)
 
-test: system-deps install node-deps ## set up and run the whole suite (what CI runs)
+lint: install ## ruff (pyflakes, bugbear, complexity) and mypy on service/ and client/
+	$(VENV)/bin/ruff check service client
+	$(VENV)/bin/mypy
+
+test: system-deps install node-deps lint ## set up, lint, type-check and run the whole suite (what CI runs)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: install ## the suite without re-installing Debian packages
+test-fast: install lint ## the suite without re-installing Debian packages
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install ## the benchmark: interleaved rounds, writes docs/performance.md + bench/results/
@@ -55,8 +59,9 @@ bench-quick: install ## a few seconds of every benchmark stage (smoke)
 soak: install ## 64 clients mixing good/bad/cancelled calls (SOAK_SECONDS=60); prints figures
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60}
 
-protos: install ## regenerate the stubs in client/featurizer_client/v1 from protos/
+protos: install ## regenerate the stubs in client/featurizer_client/v1 and v2 from protos/
 	$(PY) protos/generate.py
+	$(PY) protos/generate_v2.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info client/*.egg-info service/*.egg-info

@@ -101,7 +101,7 @@ class AsyncFeaturizerClient:
 
     async def embed_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
                          on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
-        return bulk.collect([o async for o in self.iter_embed(images, model=model, on_error=on_error, **kwargs)],
+        return bulk.collect([o async for o in self.iter_embed(images, model=model, on_error=OnError(on_error), **kwargs)],
                             stack=True)
 
     def iter_predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
@@ -114,7 +114,7 @@ class AsyncFeaturizerClient:
 
     async def predict_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
                            on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
-        return bulk.collect([o async for o in self.iter_predict(images, model=model, on_error=on_error, **kwargs)],
+        return bulk.collect([o async for o in self.iter_predict(images, model=model, on_error=OnError(on_error), **kwargs)],
                             stack=False)
 
     async def embed_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
@@ -126,7 +126,7 @@ class AsyncFeaturizerClient:
         """See ``FeaturizerClient.embed_to``: the same files, byte for byte."""
         values = list(bulk.inputs_of(images))
         job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options), Results.MATRIX,
-                  on_error=on_error, resume=resume, dedup=dedup, commit_every=commit_every)
+                  on_error=OnError(on_error), resume=resume, dedup=dedup, commit_every=commit_every)
         window = Window(job.items(), max_in_flight)
         spec = embed_spec(model, version, options)
         return await drive_async(job, lambda: aio_bulk.run(self, spec, window, streams, timeout), window, progress)

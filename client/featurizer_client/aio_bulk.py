@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import grpc
 
 from .bulk import Dispatch, StreamSpec
+from .bulk import apply_policy as bulk_policy
 from .errors import FeaturizerError
 from .sources import Item
-from .window import Outcome, Window
+from .window import Failure, OnError, Outcome, Result, Window
 
 if TYPE_CHECKING:
     from .aio import AsyncFeaturizerClient
@@ -113,10 +114,8 @@ async def _finish(lanes: list[_Lane], events: asyncio.Queue, limit: Optional[flo
     lanes.clear()
 
 
-async def apply_policy(outcomes: AsyncIterator[Outcome], on_error: Any) -> AsyncIterator[Outcome]:
+async def apply_policy(outcomes: AsyncIterator[Outcome], on_error: OnError | str) -> AsyncIterator[Union[Result, Failure]]:
     """``bulk.apply_policy`` for an async iterator."""
-    from .bulk import apply_policy as sync_policy
-
     async for outcome in outcomes:
-        for kept in sync_policy([outcome], on_error):
+        for kept in bulk_policy([outcome], on_error):
             yield kept

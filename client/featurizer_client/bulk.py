@@ -28,7 +28,7 @@ from .inputs import ImageLike, expand_inputs
 from .messages import EmbedOptions, embed_request, embeddings_of, predict_request, predictions_of
 from .sources import Item, Source
 from .v1 import featurizer_pb2 as pb
-from .window import RETRY_CODES, Failure, ItemFailure, OnError, Outcome, Result, Window
+from .window import RETRY_CODES, Duplicate, Failure, ItemFailure, OnError, Outcome, Result, Window
 
 if TYPE_CHECKING:
     from .client import FeaturizerClient
@@ -69,10 +69,11 @@ def backoff(failures: int) -> float:
     return _BACKOFF_S[min(failures, len(_BACKOFF_S)) - 1] if failures else 0.0
 
 
-def apply_policy(outcomes: Iterable[Outcome], on_error: OnError) -> Iterator[Union[Result, Failure]]:
+def apply_policy(outcomes: Iterable[Outcome], on_error: OnError | str) -> Iterator[Union[Result, Failure]]:
     """``raise``: stop at the first failure; ``skip``: drop failures; ``collect``: keep them in place."""
     policy = OnError(on_error)
     for outcome in outcomes:
+        assert not isinstance(outcome, Duplicate), "only jobs de-duplicate, and their writer resolves duplicates"
         if isinstance(outcome, Failure):
             if policy is OnError.RAISE:
                 raise ItemFailure(outcome)
@@ -119,7 +120,7 @@ def describe(method: str, model: str, version: int, options: Optional[EmbedOptio
 class _Lane:
     """One stream: requests fed from a queue, answers read by a thread into the job's events."""
 
-    def __init__(self, open_call: Callable[[Iterator], Iterator], events: queue.Queue) -> None:
+    def __init__(self, open_call: Callable[[Iterator], Any], events: queue.Queue) -> None:
         self.sent: deque[Item] = deque()
         self.closed = False
         self._requests: queue.Queue = queue.Queue()
@@ -185,7 +186,7 @@ class Dispatch(Generic[L]):
         """Hand items to the least loaded open stream while the window lets more out."""
         while (lane := min((lane for lane in self.lanes if not lane.closed), key=lambda lane: len(lane.sent),
                            default=None)) is not None and (item := self.window.take()) is not None:
-            lane.send(item, self.spec.request(str(item.index), item.image))
+            lane.send(item, self.spec.request(str(item.index), item.load()))  # loaded by window.take
             self.window.sent_one(item)
 
     @property

@@ -127,7 +127,7 @@ class FeaturizerClient:
     def embed_many(self, images: ImageLike | Iterable[ImageLike], *, model: str, on_error: OnError | str = OnError.RAISE,
                    **kwargs: Any) -> Collected:
         """``iter_embed`` gathered: ``.values`` ``[N, D]``, ``.sources`` row by row, ``.failures``."""
-        return bulk.collect(self.iter_embed(images, model=model, on_error=on_error, **kwargs), stack=True)
+        return bulk.collect(self.iter_embed(images, model=model, on_error=OnError(on_error), **kwargs), stack=True)
 
     def iter_predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
                      features: Optional[EmbedOptions] = None, on_error: OnError | str = OnError.RAISE,
@@ -141,7 +141,7 @@ class FeaturizerClient:
     def predict_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
                      on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
         """``iter_predict`` gathered: ``.values`` (Predictions), ``.sources``, ``.failures``."""
-        return bulk.collect(self.iter_predict(images, model=model, on_error=on_error, **kwargs), stack=False)
+        return bulk.collect(self.iter_predict(images, model=model, on_error=OnError(on_error), **kwargs), stack=False)
 
     def embed_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
                  version: int = 0, options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
@@ -157,7 +157,7 @@ class FeaturizerClient:
         """
         values = list(bulk.inputs_of(images))
         job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options), Results.MATRIX,
-                  on_error=on_error, resume=resume, dedup=dedup, commit_every=commit_every)
+                  on_error=OnError(on_error), resume=resume, dedup=dedup, commit_every=commit_every)
         window = Window(job.items(), max_in_flight)
         spec = embed_spec(model, version, options)
         return drive(job, lambda: bulk.run(self, spec, window, streams, timeout), window, progress)
@@ -171,7 +171,7 @@ class FeaturizerClient:
         and journal beside it, resumable like ``embed_to``."""
         values = list(bulk.inputs_of(images))
         description = bulk.describe("predict", model, version, features, top_k=top_k)
-        job = Job(OutputPaths.beside(Path(out)), values, description, Results.LINES, on_error=on_error,
+        job = Job(OutputPaths.beside(Path(out)), values, description, Results.LINES, on_error=OnError(on_error),
                   resume=resume, dedup=False, commit_every=commit_every)
         window = Window(job.items(), max_in_flight)
         spec = predict_spec(model, version, top_k, features)

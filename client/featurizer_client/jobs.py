@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional, TypeVar, Union
 
 import grpc
 import numpy as np
@@ -194,27 +194,27 @@ class Job:
             raise ItemFailure(failure)
         if self.dedup:
             self._failure_of[failure.index] = failure
-        self._failures.write_line(failure_json(failure))
+        _opened(self._failures).write_line(failure_json(failure))
         self.failures.append(failure)
         self.failed += 1
 
     def _write_result(self, result: Result) -> None:
         if self.results is Results.LINES:
-            self._lines.write_line(json.dumps(prediction_json(result.source, result.value), ensure_ascii=False))
+            _opened(self._lines).write_line(json.dumps(prediction_json(result.source, result.value), ensure_ascii=False))
             self.rows += 1
             return
         row = np.asarray(result.value)
         if self.matrix is None:
             self.matrix = NpyRows(self.paths.results, len(self.values), row.shape, row.dtype, existing=False)
         self.matrix.write(self.rows, row)
-        self._names.write_line(str(result.source))
+        _opened(self._names).write_line(str(result.source))
         if self.dedup:
             self._row_of[result.index] = self.rows
         self.rows += 1
 
     def _copy_row(self, duplicate: Duplicate) -> None:
-        self.matrix.copy(self._row_of[duplicate.of], self.rows)
-        self._names.write_line(str(duplicate.source))
+        _opened(self.matrix).copy(self._row_of[duplicate.of], self.rows)
+        _opened(self._names).write_line(str(duplicate.source))
         self.rows += 1
 
     def _state(self, complete: bool = False) -> Journal:
@@ -222,7 +222,7 @@ class Job:
         return Journal(self.job, len(self.values), self.done, self.rows,
                        None if matrix is None else matrix.row_shape, "" if matrix is None else matrix.dtype.str,
                        0 if self._lines is None else self._lines.size, 0 if self._names is None else self._names.size,
-                       self._failures.size, complete)
+                       _opened(self._failures).size, complete)
 
     def commit(self) -> None:
         """Make everything written so far durable, then say so in the journal."""
@@ -295,3 +295,13 @@ async def drive_async(job: Job, outcomes: Callable[[], AsyncIterable[Outcome]], 
     finally:
         job.close(failed=not finished)
     return job.summary(window.sent)
+
+
+F = TypeVar("F")
+
+
+def _opened(file: Optional[F]) -> F:
+    """A job's output file; every one the job writes is opened before its first item is handled."""
+    if file is None:
+        raise RuntimeError("bulk job: an output file was written before it was opened")
+    return file

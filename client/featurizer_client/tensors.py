@@ -14,7 +14,7 @@ _NUMPY_BY_DTYPE: dict[int, np.dtype] = {
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
 }
-_DTYPE_BY_KIND: dict[str, int] = {"uint8": pb.DTYPE_UINT8, "float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
+_DTYPE_BY_KIND: dict[str, pb.DType] = {"uint8": pb.DTYPE_UINT8, "float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
 # A shape is checked before numpy sees it: numpy refuses a zero-size array whose other dimensions
 # multiply past its index range (``[2**62, 2**62, 0]``) with a bare ValueError. Images are rank 3
 # and feature maps rank 4; no axis of anything this API sends reaches 2**31.

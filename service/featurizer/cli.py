@@ -16,7 +16,8 @@ from typing import Optional
 from featurizer import __version__
 from featurizer.architectures import Pooling
 from featurizer.registry.manifest import InputMode, Kind
-from featurizer.settings import SettingsError, add_arguments, default_registry, from_namespace
+from featurizer.settings import (InvalidOption, InvalidSetting, SettingsError, add_arguments, default_registry, env_name, flag_name,
+                                 from_namespace)
 
 log = logging.getLogger("featurizer")
 # Plain text: the module docstring's ``markup`` would show as is in --help.
@@ -37,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.info("no --registry given: creating the demo registry in %s", root)
         init_demo(root)
         settings = settings.replace(registry=root)
-    if not Path(settings.registry).is_dir():
+    if settings.registry is None or not Path(settings.registry).is_dir():
         raise SettingsError(f"--registry: {settings.registry} is not a directory")
     return asyncio.run(_serve(settings))
 
@@ -245,6 +246,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SettingsError as error:
         print(f"featurizer: error: {error}", file=sys.stderr)
         return 2
+    except InvalidSetting as error:
+        print(f"featurizer: error: {flag_name(error.setting)} (or {env_name(error.setting)}): {error.problem}",
+              file=sys.stderr)
+        return 1
+    except InvalidOption as error:
+        print(f"featurizer: error: {flag_name(error.option)}: {error.problem}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:
         print(f"featurizer: error: {error}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torchvision.models import alexnet as tv_alexnet
 
-from featurizer.registry.manifest import InputSpec, Manifest, OutputSpec
+from featurizer.registry.manifest import InputSpec, Kind, Manifest, OutputSpec
 from featurizer.registry.registry import Registry
 from featurizer.registry.files import make_dirs
 
@@ -29,7 +29,7 @@ def seeded_alexnet(seed: int = DEMO_SEED) -> torch.nn.Module:
 
 def alexnet_features_manifest(layer: str = "pool5", pooling: str = "flatten",
                               input: InputSpec = InputSpec(), shape: tuple[int, ...] = (9216,)) -> Manifest:
-    return Manifest(kind="features", architecture="alexnet_features",
+    return Manifest(kind=Kind.FEATURES, architecture="alexnet_features",
                     params={"layer": layer, "pooling": pooling}, input=input, output=OutputSpec(shape=shape),
                     description="torchvision AlexNet `features` (seeded demo weights)")
 

@@ -26,7 +26,7 @@ DROP_REASONS = ("cancelled", "deadline", "overload")  # batcher.py's reasons for
 
 
 class Metrics:
-    """The server's metric families (issue 7 names them; docs/operations.md explains each)."""
+    """The server's metric families (docs/operations.md explains each)."""
 
     def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
         self.registry = registry or CollectorRegistry()

@@ -53,8 +53,8 @@ def job_from_args(args: argparse.Namespace):
             raise ValueError(f"{flag}: must be a positive integer, got {value}")
     if not 0 <= args.val_fraction < 1:  # checked before any data is loaded
         raise ValueError(f"--val-fraction: must be in [0, 1), got {args.val_fraction}")
-    settings = TrainSettings(epochs=args.epochs or defaults["epochs"], batch_size=args.batch_size or defaults["batch_size"],
-                             learning_rate=args.lr or defaults["learning_rate"], seed=args.seed,
+    settings = TrainSettings(epochs=args.epochs or defaults.epochs, batch_size=args.batch_size or defaults.batch_size,
+                             learning_rate=args.lr or defaults.learning_rate, seed=args.seed,
                              progress=not args.no_progress)
     return TrainJob(registry=args.registry, name=args.name, architecture=args.arch, data=args.data,
                     classes=tuple(parse_classes(args.classes)), per_class=args.per_class, backbone=args.backbone,

@@ -91,7 +91,7 @@ def draw(registry: Path, model: str, output: Path, image: Optional[Path] = None,
          filters: bool = False) -> tuple[int, Image.Image]:
     """Write the PNG; returns (tiles drawn, the picture). ``layer`` None = the model's first layer."""
     reg = Registry(registry)
-    name, version = resolve(reg, model, option="--model")
+    name, version = resolve(reg, model, option="model")
     device = Device.create("cpu", channels_last="off")
     try:
         module, manifest = load_module(reg, name, version, device)

@@ -1,4 +1,4 @@
-"""Issue 5: every row of the error table over real gRPC, while a concurrent good client sees no error.
+"""Every row of the error table over real gRPC, while a concurrent good client sees no error.
 
 Each test makes one bad call, checks its status code and that the message names the bad field and
 value, then waits until the good client (a thread calling Embed on AlexNet in a loop) has been

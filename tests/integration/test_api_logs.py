@@ -1,4 +1,4 @@
-"""Issue 5: structured JSON logs of a real ``featurizer serve`` process, one access line per RPC."""
+"""Structured JSON logs of a real ``featurizer serve`` process, one access line per RPC."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 5: a client in another language, generated only from the .proto, gets the same embedding.
+"""A client in another language, generated only from the .proto, gets the same embedding.
 
 ``tests/node/embed.js`` loads protos/featurizer/v1/featurizer.proto with @grpc/proto-loader and
 calls Embed through @grpc/grpc-js (``make node-deps`` installs them from tests/node/package.json).

@@ -1,4 +1,4 @@
-"""Issue 5: Embed options and Predict over real gRPC, checked against independent references.
+"""Embed options and Predict over real gRPC, checked against independent references.
 
 References: torchvision's AlexNet (same seeded weights) on torchvision's preset tensor, heads and
 LargeNet applied to that with their seeded state dicts, softmax/sigmoid in numpy.

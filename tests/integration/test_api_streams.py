@@ -1,4 +1,4 @@
-"""Issue 5: bidirectional streams for bulk jobs — answers in order with the caller's ids, a bad
+"""Bidirectional streams for bulk jobs — answers in order with the caller's ids, a bad
 item gets a per-item error and the stream goes on."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15 A: the bearer-token check comes before any request bytes are parsed.
+"""The bearer-token check comes before any request bytes are parsed.
 
 A caller without the token sends bytes protobuf refuses (invalid UTF-8 in ``model``), raw, through
 ``channel.unary_unary``/``stream_stream`` with no serializer. It must get UNAUTHENTICATED with the

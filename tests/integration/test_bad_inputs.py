@@ -1,4 +1,4 @@
-"""Issue 10: every hostile or odd request gets its documented status, over real gRPC, while eight
+"""Every hostile or odd request gets its documented status, over real gRPC, while eight
 well-behaved clients keep getting correct answers; generated requests never cause INTERNAL."""
 
 from __future__ import annotations

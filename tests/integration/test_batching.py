@@ -1,4 +1,4 @@
-"""Issue 4 end to end: many callers -> one NCHW batch -> each caller exactly its own row.
+"""End to end, many callers -> one NCHW batch -> each caller exactly its own row.
 
 Real servers on 127.0.0.1:0, real gRPC clients, real photographs; rows are compared with
 torchvision's AlexNet run on the same pixels.

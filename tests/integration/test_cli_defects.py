@@ -1,4 +1,4 @@
-"""Issue 15 section 5, command-line side: ``featurizer-client`` exit codes and messages against a
+"""The command line: ``featurizer-client`` exit codes and messages against a
 real server (bad arguments exit 2, an unreachable target is named, an unknown health service is
 named, FAILED reasons show in ``models``, ``--pooling`` has no empty choice) and ``featurizer``'s
 help texts and start-up line."""

@@ -1,4 +1,4 @@
-"""Issue 6: the SDK against a real server. Sync and async agree for every input kind, and both
+"""The SDK against a real server. Sync and async agree for every input kind, and both
 agree with an independent LargeNet run in torch; predictions, models, health, errors, token, TLS."""
 
 from __future__ import annotations

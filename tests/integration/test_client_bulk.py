@@ -1,4 +1,4 @@
-"""Issue 6: big jobs. 10,000 distinct images come back complete and in order, and a job survives
+"""Big jobs. 10,000 distinct images come back complete and in order, and a job survives
 its server being restarted on the same port (gRPC wait-for-ready + retry policy, no loop of ours)."""
 
 from __future__ import annotations

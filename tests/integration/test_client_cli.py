@@ -1,4 +1,4 @@
-"""Issue 6: the ``featurizer-client`` console script against a real server; its output matches the SDK's."""
+"""The ``featurizer-client`` console script against a real server; its output matches the SDK's."""
 
 from __future__ import annotations
 
@@ -94,4 +94,4 @@ def test_failures_exit_non_zero_with_the_server_message(server, image_dir, tmp_p
     assert "NOT_FOUND" in done.stderr and "no-such-model" in done.stderr and "largenet" in done.stderr
     assert not (tmp_path / "y.npy").exists()
     missing = run("embed", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "z.npy"), "--target", server.target)
-    assert missing.returncode == 2 and "nothing-here" in missing.stderr  # a bad argument (issue 15)
+    assert missing.returncode == 2 and "nothing-here" in missing.stderr  # a bad argument

@@ -1,4 +1,4 @@
-"""Issue 15 section 5, SDK side, against real servers over gRPC: an unreachable target fails fast
+"""The SDK against real servers over gRPC: an unreachable target fails fast
 naming it (sync and async) while a server coming up inside the connect window is still reached
 (and a server lost after connecting is waited for up to the call's deadline, then named);
 ``positive_probability`` 0.0 is an answer, not "absent"; GetModel shows aliases; the SDK's default

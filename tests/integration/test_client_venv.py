@@ -1,4 +1,4 @@
-"""Issues 2 and 6: ``pip install ./client`` into a fresh venv gives a working SDK and CLI, without torch.
+"""``pip install ./client`` into a fresh venv gives a working SDK and CLI, without torch.
 
 The venv is made without pip (``--without-pip``) and filled by this interpreter's pip through
 ``pip --python``: the same install, half the time of bootstrapping a second pip.

@@ -1,4 +1,4 @@
-"""Issue 10: registry faults while traffic runs, and registry paths that try to leave the root.
+"""Registry faults while traffic runs, and registry paths that try to leave the root.
 
 Damaged versions become FAILED with a reason an operator can act on (and no server path in it);
 callers of the models that are still valid see zero errors throughout.

@@ -1,4 +1,4 @@
-"""Issue 2: one real path, registry -> gRPC server -> batched AlexNet features -> numpy client."""
+"""One real path, registry -> gRPC server -> batched AlexNet features -> numpy client."""
 
 from __future__ import annotations
 

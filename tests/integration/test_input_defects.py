@@ -1,4 +1,4 @@
-"""Issue 15, section 3 (input handling), over real gRPC against a real server on 127.0.0.1: each
+"""Input handling over real gRPC against a real server on 127.0.0.1: each
 defect reproduced on the old code gets its documented status now.
 
 - a zero-size tensor with huge dimensions: INVALID_ARGUMENT naming the shape (was INTERNAL);

@@ -1,4 +1,4 @@
-"""Issue 7: every metric family, read with ``get_sample_value`` from one server's own registry
+"""Every metric family, read with ``get_sample_value`` from one server's own registry
 after traffic whose effect is known (successes, bad requests, overload, a caller that gave up).
 
 The server is shared by the tests of this module, so each test compares before/after values.

@@ -1,4 +1,4 @@
-"""Issue 15 C: metrics, logs, alerts' inputs and the dashboard say what happened.
+"""Metrics, logs, alerts' inputs and the dashboard say what happened.
 
 - a call through an alias is counted under the model the alias resolved to, not "unknown";
 - a stream whose caller left is CANCELLED in metrics and log, with no traceback and no

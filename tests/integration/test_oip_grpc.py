@@ -1,4 +1,4 @@
-"""Issue 17: the Open Inference Protocol over gRPC, called by tritonclient.grpc from PyPI (its own
+"""The Open Inference Protocol over gRPC, called by tritonclient.grpc from PyPI (its own
 venv: it pins protobuf < 7) against a real server, checked against featurizer.v1 on the same
 server and images.
 """

@@ -1,4 +1,4 @@
-"""Issue 17: the Open Inference Protocol over HTTP/REST (--http-port), called by tritonclient.http
+"""The Open Inference Protocol over HTTP/REST (--http-port), called by tritonclient.http
 from PyPI (binary tensor data, its default) and by plain urllib (JSON, no SDK), checked against
 featurizer.v1 on the same server and images.
 """

@@ -1,4 +1,4 @@
-"""Issue 10: overload, cancellation storms, expired deadlines and a model that raises, made
+"""Overload, cancellation storms, expired deadlines and a model that raises, made
 deterministic with a gated test model (its forward pass waits until the test releases it).
 
 The server runs one batch at a time with one image per batch, so while the gate is closed the

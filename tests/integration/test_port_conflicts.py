@@ -1,4 +1,4 @@
-"""Issue 15 B: a second ``featurizer serve`` on a busy port refuses to start.
+"""A second ``featurizer serve`` on a busy port refuses to start.
 
 gRPC sets SO_REUSEPORT by default: a second server on the same port used to start silently and
 take a share of the new connections (7 of 20 reached one with an empty registry). Now it exits 1
@@ -46,8 +46,9 @@ def _refused_with_one_line(done: subprocess.CompletedProcess, flag: str, port: i
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert "featurizer listening" not in done.stdout
     lines = done.stderr.splitlines()
-    assert lines == [f"featurizer: error: {flag}: cannot listen on 127.0.0.1:{port} (Address already in use); "
-                     f"is another server running there?"], lines
+    env = "FEATURIZER_" + flag.removeprefix("--").replace("-", "_").upper()
+    assert lines == [f"featurizer: error: {flag} (or {env}): cannot listen on 127.0.0.1:{port} "
+                     f"(Address already in use); is another server running there?"], lines
 
 
 def test_a_second_server_on_the_grpc_port_refuses_to_start(first, tmp_path):

@@ -1,4 +1,4 @@
-"""Issue 7: a real Prometheus (Debian package) scrapes a real server every second; the counts it
+"""A real Prometheus (Debian package) scrapes a real server every second; the counts it
 stores are exactly the traffic sent, per gRPC status code.
 
 Clients are built with ``retry=None``: one call is one RPC, so the expected counts are exact.

@@ -1,4 +1,4 @@
-"""Issue 15, section 2: one bad registry entry fails that version alone, under concurrent good traffic.
+"""One bad registry entry fails that version alone, under concurrent good traffic.
 
 A head on a head, a manifest that raises a featurizer bug, a FIFO where a file should be (a hung
 mount), a hung registry scan, symlinks out of the root, a directory where model.json should be and

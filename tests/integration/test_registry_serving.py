@@ -1,4 +1,4 @@
-"""Issue 3 over real gRPC: cut AlexNet stacks, native inputs, heads sharing one backbone pass,
+"""Over real gRPC, cut AlexNet stacks, native inputs, heads sharing one backbone pass,
 ListModels/GetModel, failed versions and aliases. References are torchvision modules on the same tensor."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 11: three real ``featurizer serve`` replicas on one shared registry, one round-robin client.
+"""Three real ``featurizer serve`` replicas on one shared registry, one round-robin client.
 
 A new version written to the registry is served by every replica within two poll intervals;
 every replica takes traffic; one replica stopped with SIGTERM mid-job costs the client nothing.

@@ -1,4 +1,4 @@
-"""Issue 5: TLS, mutual TLS and bearer-token auth — one success and one refusal each, over real gRPC.
+"""TLS, mutual TLS and bearer-token auth — one success and one refusal each, over real gRPC.
 
 Certificates are generated here with ``cryptography``: a CA, a server certificate for
 127.0.0.1/localhost, a client certificate from the same CA, and a rogue CA nobody trusts.
@@ -131,5 +131,5 @@ def test_bearer_token_is_required_except_for_health(demo_registry_template, tmp_
 def test_an_empty_token_file_is_refused_before_serving(tmp_path):
     empty = tmp_path / "token"
     empty.write_text(" \n")
-    with pytest.raises(ValueError, match="auth-token-file.*empty"):  # else "Bearer " would pass
+    with pytest.raises(ValueError, match="auth_token_file.*empty"):  # else "Bearer " would pass
         read_token(empty)

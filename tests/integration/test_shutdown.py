@@ -1,4 +1,4 @@
-"""Issue 5: SIGTERM on a real ``featurizer serve`` process with 16 calls in flight.
+"""SIGTERM on a real ``featurizer serve`` process with 16 calls in flight.
 
 Health flips to NOT_SERVING first, new calls are refused with UNAVAILABLE, the calls in flight
 complete (or get UNAVAILABLE), none hangs, and the process exits 0.

@@ -1,4 +1,4 @@
-"""Issue 8: `featurizer train` publishes into a registry a running server watches, and the SERVED
+"""`featurizer train` publishes into a registry a running server watches, and the SERVED
 predictions are right: LargeNet on Fashion-MNIST, and a feature_head on a folder of real photos."""
 
 from __future__ import annotations

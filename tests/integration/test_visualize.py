@@ -1,4 +1,4 @@
-"""Issue 8: `featurizer visualize` draws one tile per channel of the chosen layer (counted from the
+"""`featurizer visualize` draws one tile per channel of the chosen layer (counted from the
 PNG itself), and the tiles show torchvision's own activations and kernels."""
 
 from __future__ import annotations

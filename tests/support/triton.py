@@ -1,7 +1,7 @@
 """tritonclient from PyPI, in a venv of its own, driving a real featurizer server.
 
-tritonclient 2.73 pins protobuf < 7 and featurizer's stubs need protobuf 7, so the SDK cannot
-live in .venv: ``triton_python()`` builds ``.venv-triton`` (gitignored) once and reuses it while
+The server imports ``featurizer_client.v2``, whose proto package (``inference``) is the one
+tritonclient registers too, so the two cannot share a process: ``triton_python()`` builds ``.venv-triton`` (gitignored) once and reuses it while
 its pin file matches. Calls run as plans of ``triton_driver.py`` under that venv's python.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 10: a short mutation fuzz of the decoder path. Whatever bytes arrive, ``decode`` returns
+"""A short mutation fuzz of the decoder path. Whatever bytes arrive, ``decode`` returns
 a uint8 [3, H, W] tensor within the pixel limit or raises InvalidArgument, never anything else."""
 
 from __future__ import annotations

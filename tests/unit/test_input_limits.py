@@ -1,4 +1,4 @@
-"""Issue 15 (input handling): tensor shape bounds, bit depths by the format, JPEG scan limits,
+"""Tensor shape bounds, bit depths by the format, JPEG scan limits,
 deadlines and fairness on the decode pool, and admission before decoding.
 
 Each test drives the real function or class; where a test must hold work in progress it does so

@@ -1,4 +1,4 @@
-"""Registry files (issue 15, section 2): confined, regular-file-only reads; bounded reads on daemon
+"""Registry files: confined, regular-file-only reads; bounded reads on daemon
 threads; published files world-readable whatever the umask; the pod's filesystem group."""
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ class Batcher(Generic[T, R]):
                 if not p.future.done():
                     p.future.set_exception(error)
         else:
-            for p, result in zip(batch, results):
+            for p, result in zip(batch, results, strict=True):  # lengths checked above
                 if p.future.done():
                     continue
                 if isinstance(result, BaseException):  # this item's group failed, not the batch

@@ -114,6 +114,20 @@ class ModelVersion:
         """FAILED until ``backbone`` is AVAILABLE again (a later scan reloads it)."""
         self.state, self.reason, self.waiting_for = ModelState.FAILED, waiting_reason(backbone), backbone
 
+    @property
+    def loaded_manifest(self) -> Manifest:
+        """The manifest of a version past its first read (every AVAILABLE version has one)."""
+        if self.manifest is None:
+            raise LoadError(f"model {self.key} has no manifest yet")  # only loaded versions reach requests
+        return self.manifest
+
+    @property
+    def backbone_serving(self) -> BackboneServing:
+        """What a backbone serves with; the request path asks only AVAILABLE backbones for it."""
+        if not isinstance(self.serving, BackboneServing):
+            raise LoadError(f"model {self.key} is not a loaded backbone")
+        return self.serving
+
     # Views of ``serving`` for the request path (None, or 1, when it is the other variant).
     @property
     def runner(self) -> Optional[BackboneRunner]:
@@ -199,7 +213,7 @@ class VersionLoader:
         return self.device.prepare(load_module(manifest, state, f"{mv.name}/{mv.version}"))
 
     async def _attach_head(self, mv: ModelVersion, manifest: Manifest, module: nn.Module) -> None:
-        ref = manifest.backbone
+        ref = manifest.head_backbone()
         backbone = self._backbone(ref.model, ref.version)
         if backbone is None or backbone.state is not ModelState.AVAILABLE:
             raise BackboneUnavailable(ref)
@@ -207,7 +221,7 @@ class VersionLoader:
             raise ManifestError(f"'backbone' {ref.model}@{ref.version} is a head; a head sits on a features "
                                 "or classifier model")
         output = HeadOutput(mv.key, module)
-        mv.output_shape = await warm_up(backbone.serving.runner, backbone.manifest, output)
+        mv.output_shape = await warm_up(backbone.serving.runner, backbone.loaded_manifest, output)
         check_output(manifest, mv.output_shape)
         mv.serving = HeadServing(output, ref)
 

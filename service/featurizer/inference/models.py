@@ -167,12 +167,19 @@ class ModelManager:
         if not candidates:
             raise NotFound(f"model {_quote(model)} not found; known models: {', '.join(self.model_names()) or 'none'}")
         if version == 0:
-            for v in candidates:
-                if self.versions[(name, v)].state is ModelState.AVAILABLE:
-                    return self.versions[(name, v)]
-            latest = self.versions[(name, candidates[0])]
-            raise Unavailable(f"model {name} has no AVAILABLE version (version {latest.version} is "
-                              f"{latest.state.value}{': ' + latest.reason if latest.reason else ''})")
+            return self._default_version(name, candidates)
+        return self._pinned_version(name, version, candidates)
+
+    def _default_version(self, name: str, candidates: list[int]) -> ModelVersion:
+        """The newest AVAILABLE version of ``name`` (``candidates``: its versions, newest first)."""
+        for v in candidates:
+            if self.versions[(name, v)].state is ModelState.AVAILABLE:
+                return self.versions[(name, v)]
+        latest = self.versions[(name, candidates[0])]
+        raise Unavailable(f"model {name} has no AVAILABLE version (version {latest.version} is "
+                          f"{latest.state.value}{': ' + latest.reason if latest.reason else ''})")
+
+    def _pinned_version(self, name: str, version: int, candidates: list[int]) -> ModelVersion:
         mv = self.versions.get((name, version))
         if mv is None:
             raise NotFound(f"model {name} has no version {version}; versions: {', '.join(map(str, sorted(candidates)))}")
@@ -239,7 +246,8 @@ def _load_order(vd: VersionDir, manifests: dict[tuple[str, int], Manifest | Exce
     manifest = manifests[(vd.model, vd.version)]
     depth = 0
     if isinstance(manifest, Manifest) and manifest.kind is Kind.HEAD:
-        backbone = manifests.get((manifest.backbone.model, manifest.backbone.version))
+        ref = manifest.head_backbone()
+        backbone = manifests.get((ref.model, ref.version))
         depth = 2 if isinstance(backbone, Manifest) and backbone.kind is Kind.HEAD else 1
     return depth, vd.model, vd.version
 

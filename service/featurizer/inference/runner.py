@@ -83,6 +83,7 @@ class BackboneRunner:
         results: list = [None] * len(items)
         for indices in buckets.values():
             group = [items[i] for i in indices]
+            rows: Sequence[Union[tuple[torch.Tensor, ...], BaseException]]
             try:
                 rows = self._run_group(group)
             except Exception:
@@ -116,7 +117,7 @@ class BackboneRunner:
         if not isinstance(module, LayeredFeatures):
             return {None: module(x)}
         taps = {module.cut} | {o.layer for o in wanted if isinstance(o, FeatureOutput) and o.layer is not None}
-        outs: dict[Optional[int], torch.Tensor] = dict(module.forward_taps(x, taps))
+        outs: dict[Optional[int], torch.Tensor] = {k: v for k, v in module.forward_taps(x, taps).items()}
         outs[None] = outs[module.cut]
         return outs
 

@@ -8,8 +8,8 @@ test registries, the benchmarks).
 from __future__ import annotations
 
 from featurizer.architectures import largenet
-from featurizer.registry.manifest import InputSpec
+from featurizer.registry.manifest import InputMode, InputSpec
 
 # LargeNet: resized to 32x32 (no crop), pixels scaled to [-1, 1].
-LARGENET_INPUT = InputSpec(mode="resize", resize=None, height=largenet.INPUT_SIZE, width=largenet.INPUT_SIZE,
+LARGENET_INPUT = InputSpec(mode=InputMode.RESIZE, resize=None, height=largenet.INPUT_SIZE, width=largenet.INPUT_SIZE,
                            mean=largenet.INPUT_MEAN, std=largenet.INPUT_STD)

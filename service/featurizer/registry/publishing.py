@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file
 
-from featurizer.architectures import apply_pooling, build
+from featurizer.architectures import Pooling, apply_pooling, build
 from featurizer.registry.loader import load_module
 from featurizer.registry.manifest import InputMode, Kind, Manifest, ManifestError, parse_manifest
 from featurizer.registry.registry import Registry, RegistryError, sha256_file
@@ -123,8 +123,10 @@ def import_torchvision(registry: Registry, model: str, *, arch: str, weights_fil
     state = {k: state[k] for k in wanted}
     module = check_fits(manifest, state, "import-torchvision")
     if not classifier:  # record the output shape at the preset's input size
-        h, w = manifest.input.size
+        size = manifest.input.size
+        assert size is not None, "torchvision's preset crops to a fixed size"
+        h, w = size
         with torch.inference_mode():
-            out = apply_pooling(module.eval()(torch.zeros(1, 3, h, w)), pooling)
+            out = apply_pooling(module.eval()(torch.zeros(1, 3, h, w)), Pooling(pooling))
         manifest = replace(manifest, output=replace(manifest.output, shape=tuple(out.shape[1:])))
     return registry.publish(model, manifest, state, version=version)

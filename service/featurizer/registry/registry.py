@@ -54,7 +54,7 @@ class Scan:
 
 
 def _fingerprint(path: Path) -> tuple:
-    parts = []
+    parts: list[tuple] = []
     for child in sorted(path.iterdir()):
         try:
             st = child.stat()

@@ -101,9 +101,9 @@ def model_infos(versions: Iterable[ModelVersion], aliases: Mapping[str, str]) ->
             info.default_version = max(info.default_version, mv.version)
     for alias in sorted(aliases):
         try:
-            info = infos.get(alias_chain(aliases, alias)[0])
+            target = infos.get(alias_chain(aliases, alias)[0])
         except RegistryError:  # a cycle routes nowhere (calls get FAILED_PRECONDITION)
             continue
-        if info is not None:
-            info.aliases.append(alias)
+        if target is not None:
+            target.aliases.append(alias)
     return [infos[name] for name in sorted(infos)]

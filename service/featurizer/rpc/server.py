@@ -6,7 +6,7 @@ within the grace period, then close models and threads.
 
 Ports are exclusive: gRPC would otherwise set SO_REUSEPORT, and a second server on a busy port
 would start silently and take a share of the new connections. A port that cannot be bound is
-``CannotListen``, naming flag and port (``featurizer serve`` prints it as one line and exits 1).
+``CannotListen``, naming the setting and port (``featurizer serve`` prints it with its flag, in one line, and exits 1).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from featurizer.rpc.oip import grpc_service as oip_grpc, health_ready
 from featurizer.rpc.oip.http import HttpServer
 from featurizer.registry.registry import Registry
 from featurizer.rpc.servicer import FeaturizerServicer
-from featurizer.settings import Settings
+from featurizer.settings import InvalidSetting, Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Featurizer"].full_name
@@ -49,11 +49,15 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class CannotListen(OSError):
-    """A port this server was told to listen on cannot be bound; the message names flag and port."""
+class CannotListen(InvalidSetting):
+    """A port this server was told to listen on cannot be bound; names the setting and the port."""
+
+    def __init__(self, setting: str, address: str, why: str = "") -> None:
+        super().__init__(setting, f"cannot listen on {address}{f' ({why})' if why else ''}; "
+                                  "is another server running there?")
 
 
-def ensure_free(host: str, port: int, flag: str) -> None:
+def ensure_free(host: str, port: int, setting: str) -> None:
     """Raise ``CannotListen`` if ``host:port`` cannot be bound now. Checked before grpc tries:
     grpc's own failure is a bare RuntimeError plus a C-level log line, and names no cause."""
     if port == 0:
@@ -69,15 +73,14 @@ def ensure_free(host: str, port: int, flag: str) -> None:
             try:
                 probe.bind(address)
             except OSError as error:
-                raise CannotListen(f"{flag}: cannot listen on {host}:{port} ({error.strerror}); "
-                                   f"is another server running there?") from None
+                raise CannotListen(setting, f"{host}:{port}", error.strerror or "") from None
 
 
 def read_token(path: Path) -> str:
     """The bearer token in ``path``; an empty one would let ``Bearer `` through, so it is refused."""
     token = path.read_text().strip()
     if not token:
-        raise ValueError(f"--auth-token-file: {path} is empty; put the bearer token in it")
+        raise InvalidSetting("auth_token_file", f"{path} is empty; put the bearer token in it")
     return token
 
 
@@ -121,13 +124,12 @@ class FeaturizerServer:
             interceptors.append(TokenAuthInterceptor(read_token(Path(s.auth_token_file)), self.recorder))
         interceptors += [ObservabilityInterceptor(self.recorder), ErrorMappingInterceptor(), DecodingInterceptor()]
         self.metrics.set_build_info(__version__, torch.__version__, self.device.label)
-        ensure_free(s.host, s.port, "--port")
+        ensure_free(s.host, s.port, "port")
         if s.metrics_port >= 0:
             try:
                 metrics_http, _ = self.metrics.serve_http(s.metrics_port, s.host)
             except OSError as error:
-                raise CannotListen(f"--metrics-port: cannot listen on {s.host}:{s.metrics_port} "
-                                   f"({error.strerror or error}); is another server running there?") from None
+                raise CannotListen("metrics_port", f"{s.host}:{s.metrics_port}", error.strerror or str(error)) from None
             self._metrics_http, self.metrics_port = metrics_http, metrics_http.server_port
         self._server = server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -164,8 +166,7 @@ class FeaturizerServer:
         try:
             self.http_port = await self._http.start(s.host, s.http_port)
         except OSError as error:
-            raise CannotListen(f"--http-port: cannot listen on {s.host}:{s.http_port} "
-                               f"({error.strerror or error}); is another server running there?") from None
+            raise CannotListen("http_port", f"{s.host}:{s.http_port}", error.strerror or str(error)) from None
 
     async def load_models(self) -> None:
         await self.reload()
@@ -188,7 +189,7 @@ class FeaturizerServer:
         except RuntimeError:  # grpc's "Failed to bind to address ...", which names no cause
             port = 0
         if port == 0:  # taken since ensure_free, or an address grpc cannot use
-            raise CannotListen(f"--port: cannot listen on {address}; is another server running there?")
+            raise CannotListen("port", address)
         return port
 
     def _model_label(self, model: str) -> str:

@@ -17,19 +17,20 @@ from featurizer.inference.runner import BackboneRunner, FeatureOutput, Item
 from featurizer.registry import loader
 from featurizer.registry.manifest import Manifest
 from featurizer.registry.names import parse_target, resolve_name
-from featurizer.registry.registry import Registry, RegistryError
+from featurizer.registry.registry import Registry
+from featurizer.settings import InvalidOption
 
 
-def resolve(registry: Registry, name: str, option: str = "--backbone") -> tuple[str, int]:
+def resolve(registry: Registry, name: str, option: str = "backbone") -> tuple[str, int]:
     """'alexnet', 'alexnet@2' or an alias -> (model, version); no version = the highest published.
-    Errors start with ``option``, the flag the name came from."""
+    Errors are ``InvalidOption`` naming ``option``, the field the name came from."""
     scan = registry.scan()
     model, version = resolve_name(scan.aliases, *parse_target(name))  # the server's alias rules
     versions = sorted(v for (m, v) in scan.versions if m == model)
     if not versions:
-        raise RegistryError(f"{option}: model {name!r} is not in the registry {registry.root}")
+        raise InvalidOption(option, f"model {name!r} is not in the registry {registry.root}")
     if version and version not in versions:
-        raise RegistryError(f"{option}: model {model!r} has no version {version} (it has {versions})")
+        raise InvalidOption(option, f"model {model!r} has no version {version} (it has {versions})")
     return model, version or versions[-1]
 
 

@@ -19,6 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from featurizer.registry.manifest import InputSpec
 from featurizer.inference.preprocessing import ImageLimits, decode, resize_for
+from featurizer.settings import InvalidOption
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -27,8 +28,8 @@ FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 _LIMITS = ImageLimits(max_image_bytes=64 << 20, max_image_pixels=64 << 20)
 
 
-class DatasetError(ValueError):
-    """Training data that cannot be used; the message names the path or option at fault."""
+class DatasetError(InvalidOption):
+    """Training data that cannot be used; ``option`` names the job field at fault (``data``, ``classes``)."""
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,17 @@ def image_folder(root: Path, spec: InputSpec) -> LabelledImages:
     """``root/<class>/*.jpg`` (torchvision's ImageFolder layout), decoded by the server's decoder."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"--data: {root} is not a directory")
+        raise DatasetError("data", f"{root} is not a directory")
     try:
         classes, class_to_idx = find_classes(str(root))
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as error:
-        raise DatasetError(f"--data: {error}") from None
+        raise DatasetError("data", f"{error}") from None
     if len(classes) < 2:
-        raise DatasetError(f"--data: {root} needs at least two class folders, found {classes}")
+        raise DatasetError("data", f"{root} needs at least two class folders, found {classes}")
     images = [resize_for(decode(Path(path).read_bytes(), _LIMITS, where=path), spec) for path, _ in samples]
     if len({tuple(image.shape) for image in images}) > 1:
-        raise DatasetError(f"--data: images of {root} have different sizes after preprocessing; "
+        raise DatasetError("data", f"images of {root} have different sizes after preprocessing; "
                            f"a native-size backbone cannot batch them")
     return LabelledImages(torch.stack(images), torch.tensor([t for _, t in samples]), tuple(classes))
 
@@ -73,7 +74,7 @@ def fashion_mnist_available(root: Path = FASHION_MNIST_DIR) -> bool:
 def read_fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
     """The raw idx files, read-only: uint8 greyscale ``[N, 28, 28]`` and labels ``[N]`` (train or t10k)."""
     if not fashion_mnist_available(root):
-        raise DatasetError(f"Fashion-MNIST is not installed in {root} (apt-get install dataset-fashion-mnist)")
+        raise DatasetError("fashion_mnist", f"Fashion-MNIST is not installed in {root} (apt-get install dataset-fashion-mnist)")
     with gzip.open(root / f"{split}-images-idx3-ubyte.gz") as handle:
         images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(root / f"{split}-labels-idx1-ubyte.gz") as handle:
@@ -88,7 +89,7 @@ def fashion_mnist(classes: Sequence[int], spec: InputSpec, split: str = "train",
     ``per_class`` > 0 keeps only the first that many images of each class (fast demos)."""
     bad = [c for c in classes if not 0 <= c < len(FASHION_MNIST_LABELS)]
     if bad or len(set(classes)) < 2:
-        raise DatasetError(f"--classes: need two or more distinct Fashion-MNIST classes 0..9, got {list(classes)}")
+        raise DatasetError("classes", f"need two or more distinct Fashion-MNIST classes 0..9, got {list(classes)}")
     images, labels = read_fashion_mnist(split, root)
     keep = np.concatenate([np.flatnonzero(labels == c)[: per_class or None] for c in classes])
     keep.sort()
@@ -104,13 +105,13 @@ def parse_classes(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise DatasetError(f"--classes: expected comma-separated class numbers like 7,9, got {text!r}") from None
+        raise DatasetError("classes", f"expected comma-separated class numbers like 7,9, got {text!r}") from None
 
 
 def split(data: LabelledImages, val_fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
     """A seeded shuffle, then the last ``val_fraction`` of it for validation (at least one image)."""
     if not 0 <= val_fraction < 1:
-        raise DatasetError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+        raise DatasetError("val_fraction", f"must be in [0, 1), got {val_fraction}")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(len(data) * val_fraction)) if val_fraction > 0 else 0
     return data.subset(order[: len(data) - n_val]), data.subset(order[len(data) - n_val:])

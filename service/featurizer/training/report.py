@@ -30,7 +30,7 @@ def curves_png(history: History, title: str) -> bytes:
 
     epochs = [e.epoch for e in history.epochs]
     figure = Figure(figsize=(9, 3.5), dpi=100)
-    for axes, name in zip(figure.subplots(1, 2), ("loss", "accuracy")):
+    for axes, name in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
         axes.plot(epochs, [getattr(e, f"train_{name}") for e in history.epochs], "o-", label="train")
         val = [getattr(e, f"val_{name}") for e in history.epochs]
         if all(v is not None for v in val):

@@ -20,7 +20,7 @@ from featurizer.architectures import Pooling, build
 from featurizer.inference.device import Device
 from featurizer.inference.normalize import Normalizer
 from featurizer.inference.runner import BackboneRunner
-from featurizer.registry.manifest import BackboneRef, InputSpec, Manifest, OutputSpec
+from featurizer.registry.manifest import BackboneRef, InputSpec, Kind, Manifest, OutputSpec
 from featurizer.registry.presets import LARGENET_INPUT
 from featurizer.registry.registry import Registry
 from featurizer.training.backbone import feature_maps, load_module, resolve
@@ -64,7 +64,7 @@ def load_data(job: TrainJob, spec: InputSpec) -> LabelledImages:
 def run(job: TrainJob) -> TrainResult:
     """Train as ``job`` says and publish the result; returns the published version."""
     if job.architecture not in set(Trainable):
-        raise DatasetError(f"architecture: expected one of {', '.join(Trainable)}, got {job.architecture!r}")
+        raise DatasetError("arch", f"expected one of {', '.join(Trainable)}, got {job.architecture!r}")
     registry = Registry(job.registry)
     torch.manual_seed(job.settings.seed)
     if job.architecture == "largenet":
@@ -89,7 +89,7 @@ def _train_largenet(job: TrainJob) -> tuple[Manifest, nn.Module, History, tuple[
     module = build("largenet", params)
     history = train(module, fit.images, fit.targets, val.images, val.targets, len(data.classes), job.settings,
                     prepare=Normalizer(LARGENET_INPUT))  # the server's own normalisation
-    manifest = Manifest(kind="classifier", architecture="largenet", params=params, input=LARGENET_INPUT,
+    manifest = Manifest(kind=Kind.CLASSIFIER, architecture="largenet", params=params, input=LARGENET_INPUT,
                         output=OutputSpec(shape=(len(data.classes),), labels=data.classes),
                         description=f"LargeNet trained by `featurizer train` on {job.data or 'Fashion-MNIST'}")
     return manifest, module, history, data.classes
@@ -112,7 +112,7 @@ def _train_feature_head(job: TrainJob, registry: Registry) -> tuple[Manifest, nn
               "hidden": job.hidden, "dropout": 0.0}
     head = build("feature_head", params)
     history = train(head, fit.images, fit.targets, val.images, val.targets, len(data.classes), job.settings)
-    manifest = Manifest(kind="head", architecture="feature_head", params=params,
+    manifest = Manifest(kind=Kind.HEAD, architecture="feature_head", params=params,
                         backbone=BackboneRef(backbone, version),
                         output=OutputSpec(shape=(len(data.classes),), labels=data.classes),
                         description=f"feature_head on {backbone}@{version} trained by `featurizer train`")

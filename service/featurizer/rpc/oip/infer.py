@@ -47,8 +47,8 @@ async def infer(engine: Engine, manager: ModelManager, model: str, version: int,
         given = [name for name in EMBED_PARAMETERS if name in parameters]
         if given:
             raise InvalidArgument(f"parameters {', '.join(given)}: apply to features models; "
-                                  f"{mv.name} is a {mv.manifest.kind}")
-        classes = len(mv.manifest.output.labels)
+                                  f"{mv.name} is a {mv.loaded_manifest.kind}")
+        classes = len(mv.loaded_manifest.output.labels)
         k = _top_k(parameters, classes)
         # Every class scored (to fill `probabilities`); `labels` keeps the top k.
         result = await engine.predict(mv.name, mv.version, images, classes, None, deadline)

@@ -76,13 +76,13 @@ def parse_version(text: str) -> int:
 
 
 def is_classifier(mv: ModelVersion) -> bool:
-    return mv.manifest.kind is not Kind.FEATURES
+    return mv.loaded_manifest.kind is not Kind.FEATURES
 
 
 def signature(manager: ModelManager, mv: ModelVersion) -> Signature:
     """The v2 metadata of an AVAILABLE version ``mv``."""
     try:
-        spec = manager.backbone_of(mv).manifest.input  # heads read their backbone's input
+        spec = manager.backbone_of(mv).loaded_manifest.input  # heads read their backbone's input
     except FeaturizerError:  # the backbone went away: sizes unknown, the rest still true
         spec = None
     h, w = (-1, -1) if spec is None or spec.size is None else spec.size
@@ -90,10 +90,10 @@ def signature(manager: ModelManager, mv: ModelVersion) -> Signature:
               TensorSpec(TENSOR, "FP32", (-1, 3, h, w)))
     outputs: tuple[TensorSpec, ...]
     if is_classifier(mv):
-        outputs = (TensorSpec(PROBABILITIES, "FP32", (-1, len(mv.manifest.output.labels))),
+        outputs = (TensorSpec(PROBABILITIES, "FP32", (-1, len(mv.loaded_manifest.output.labels))),
                    TensorSpec(LABELS, "BYTES", (-1, -1)))
     else:
         outputs = (TensorSpec(EMBEDDINGS, "FP32", (-1, *mv.output_shape)),)
     versions = tuple(str(v.version) for v in manager.all_versions()
                      if v.name == mv.name and v.state is ModelState.AVAILABLE)
-    return Signature(mv.name, versions, f"featurizer_{mv.manifest.kind}", inputs, outputs)
+    return Signature(mv.name, versions, f"featurizer_{mv.loaded_manifest.kind}", inputs, outputs)
