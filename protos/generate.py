@@ -37,31 +37,33 @@ def check_generator() -> None:
                            f"(the dev extra's pin): pip install -e '.[dev]'")
 
 
-def generate(out_dir: Path) -> list[Path]:
-    """Run protoc (grpcio-tools) and rewrite the absolute import so the stubs live in a package."""
+def generate_stubs(proto_file: str, out_dir: Path, generated: tuple[str, ...]) -> list[Path]:
+    """Run protoc (grpcio-tools) on ``proto_file`` (relative to protos/) and write ``generated``
+    into ``out_dir``, with protoc's absolute import of the proto's package rewritten to a relative
+    one, so the stubs live inside ``featurizer_client``."""
     check_generator()
     from grpc_tools import protoc  # dev dependency only
 
+    package = Path(proto_file).parent  # featurizer/v1, inference
     with tempfile.TemporaryDirectory() as tmp:
-        args = [
-            "protoc",
-            f"-I{PROTO_ROOT}",
-            f"--python_out={tmp}",
-            f"--pyi_out={tmp}",
-            f"--grpc_python_out={tmp}",
-            str(PROTO_ROOT / PROTO_FILE),
-        ]
+        args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}", str(PROTO_ROOT / proto_file)]
         if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {PROTO_FILE}")
+            raise RuntimeError(f"protoc failed on {proto_file}")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in GENERATED:
-            text = (Path(tmp) / "featurizer" / "v1" / name).read_text()
-            text = re.sub(r"^from featurizer\.v1 import ", "from . import ", text, flags=re.M)
+        for name in generated:
+            text = (Path(tmp) / package / name).read_text()
+            text = re.sub(rf"^from {re.escape('.'.join(package.parts))} import ", "from . import ", text, flags=re.M)
             target = out_dir / name
             target.write_text(text)
             written.append(target)
         return written
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """The featurizer.v1 stubs."""
+    return generate_stubs(PROTO_FILE, out_dir, GENERATED)
 
 
 def main() -> int:

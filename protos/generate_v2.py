@@ -14,38 +14,20 @@ both in one process would clash. Only the server (and whoever asks for it) impor
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import tempfile
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROTO_ROOT))
-from generate import check_generator  # noqa: E402  (the sibling script: one pin check)
+from generate import generate_stubs  # noqa: E402  (the sibling script: one generator, one pin check)
 PROTO_FILE = "inference/grpc_predict_v2.proto"
 DEFAULT_OUT = PROTO_ROOT.parent / "client" / "featurizer_client" / "v2"
 GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Run protoc (grpcio-tools) and rewrite the absolute import so the stubs live in a package."""
-    check_generator()
-    from grpc_tools import protoc  # dev dependency only
-
-    with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                f"--grpc_python_out={tmp}", str(PROTO_ROOT / PROTO_FILE)]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {PROTO_FILE}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name in GENERATED:
-            text = (Path(tmp) / "inference" / name).read_text()
-            text = re.sub(r"^from inference import ", "from . import ", text, flags=re.M)
-            target = out_dir / name
-            target.write_text(text)
-            written.append(target)
-        return written
+    """The Open Inference Protocol stubs, made as the featurizer.v1 ones are."""
+    return generate_stubs(PROTO_FILE, out_dir, GENERATED)
 
 
 def main() -> int:
