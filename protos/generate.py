@@ -17,8 +17,10 @@ import re
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PROTO_FILE = "featurizer/v1/featurizer.proto"
@@ -66,13 +68,18 @@ def generate(out_dir: Path) -> list[Path]:
     return generate_stubs(PROTO_FILE, out_dir, GENERATED)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output package directory")
+def run_generator(generate: Callable[[Path], list[Path]], default_out: Path, description: Optional[str]) -> int:
+    """The command line of a stub generator: ``--out DIR``, then one line per file written."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out, help="output package directory")
     args = parser.parse_args()
     for path in generate(args.out):
         print(f"wrote {path}")
     return 0
+
+
+def main() -> int:
+    return run_generator(generate, DEFAULT_OUT, __doc__)
 
 
 if __name__ == "__main__":

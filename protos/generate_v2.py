@@ -13,13 +13,12 @@ both in one process would clash. Only the server (and whoever asks for it) impor
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROTO_ROOT))
-from generate import generate_stubs  # noqa: E402  (the sibling script: one generator, one pin check)
+from generate import generate_stubs, run_generator  # noqa: E402  (the sibling script: one generator, one pin check)
 PROTO_FILE = "inference/grpc_predict_v2.proto"
 DEFAULT_OUT = PROTO_ROOT.parent / "client" / "featurizer_client" / "v2"
 GENERATED = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py")
@@ -31,12 +30,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output package directory")
-    args = parser.parse_args()
-    for path in generate(args.out):
-        print(f"wrote {path}")
-    return 0
+    return run_generator(generate, DEFAULT_OUT, __doc__)
 
 
 if __name__ == "__main__":

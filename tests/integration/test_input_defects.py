@@ -14,7 +14,6 @@ defect reproduced on the old code gets its documented status now.
 from __future__ import annotations
 
 import io
-import threading
 
 import grpc
 import numpy as np
@@ -29,6 +28,7 @@ from tests.support.images import encode, photos
 from tests.support.registries import NATIVE, publish_alexnet, publish_largenet
 from tests.support.servers import running_server
 from tests.support.test_builders import GATES, Gate, publish_test_model
+from tests.support.observers import DepthWatcher
 
 MAX_QUEUE = 8
 WAIT = 120  # seconds: only a bound against hangs, never a measure
@@ -188,21 +188,6 @@ def test_a_progressive_jpeg_with_thousands_of_scans_is_refused_not_decoded_and_o
 
 
 # ----- 6 ---------------------------------------------------------------------------------------
-class DepthWatcher:
-    """Forwards a batcher's observer calls and signals when the queue reaches ``depth``."""
-
-    def __init__(self, inner, depth: int) -> None:
-        self.inner, self.depth, self.reached = inner, depth, threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def on_queue_depth(self, depth: int) -> None:
-        self.inner.on_queue_depth(depth)
-        if depth >= self.depth:
-            self.reached.set()
-
-
 def test_overload_refusals_are_decided_before_any_image_is_decoded(server, stub):
     """The gated model's forward pass is held; two 4-JPEG calls fill the queue (8); twenty more are
     refused. The preprocess histogram counts one observation per call whose images were prepared:

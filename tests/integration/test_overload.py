@@ -24,6 +24,7 @@ from featurizer.logs import ACCESS
 from tests.support.bad_inputs import leaks
 from tests.support.servers import running_server
 from tests.support.test_builders import GATES, Gate, publish_test_model
+from tests.support.observers import DepthWatcher
 
 MAX_QUEUE = 16
 WAIT = 60  # seconds: only a bound on waiting for events, never a measure
@@ -47,21 +48,6 @@ def image(seed: int) -> pb.Image:
 
 def embed(stub, model: str, seed: int, **kwargs):
     return stub.Embed.future(pb.EmbedRequest(model=model, images=[image(seed)]), **kwargs)
-
-
-class DepthWatcher:
-    """Forwards a batcher's observer calls and signals when the queue reaches ``depth``."""
-
-    def __init__(self, inner, depth: int) -> None:
-        self.inner, self.depth, self.reached = inner, depth, threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def on_queue_depth(self, depth: int) -> None:
-        self.inner.on_queue_depth(depth)
-        if depth >= self.depth:
-            self.reached.set()
 
 
 class StatusWatcher(logging.Handler):
