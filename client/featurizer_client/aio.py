@@ -23,8 +23,9 @@ from .outputs import OutputPaths
 from .sources import items_of
 from .window import DEFAULT_BULK_IN_FLIGHT, DEFAULT_STREAMS, Failure, OnError, Result, Window
 from .inputs import ImageLike
-from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
-                       embeddings_of, health_error, model_of, models_of, predict_request, predictions_of)
+from .messages import (DecodeName, DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
+                       decode_to_proto, embeddings_of, health_error, model_of, models_of, predict_request,
+                       predictions_of)
 from .v1 import featurizer_pb2 as pb
 from .v1 import featurizer_pb2_grpc as pb_grpc
 
@@ -60,14 +61,16 @@ class AsyncFeaturizerClient:
 
     async def embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, layer: str = "",
                     pooling: PoolingName = "", normalize: bool = False, dtype: DTypeName = "float32",
-                    batch_size: int = DEFAULT_BATCH_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                    progress: bool = False, timeout: Optional[float] = None) -> np.ndarray:
+                    decode: Optional[DecodeName] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, progress: bool = False,
+                    timeout: Optional[float] = None) -> np.ndarray:
         """Feature vectors ``[N, D]``; see ``FeaturizerClient.embed``."""
         options = EmbedOptions(layer, pooling, normalize, dtype)
+        decode_to_proto(decode)  # a bad value is a ValueError before any image is read
         items, total = plan(images)
 
         async def submit(batch: list[pb.Image]) -> pb.EmbedResponse:
-            return await self._call(self._stub.Embed, embed_request(model, version, batch, options), timeout)
+            return await self._call(self._stub.Embed, embed_request(model, version, batch, options, decode), timeout)
 
         with Progress(progress, total) as bar:
             arrays = [embeddings_of(r) async for r in ordered_calls_async(
@@ -76,14 +79,17 @@ class AsyncFeaturizerClient:
 
     async def predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0,
                       top_k: int = 0, include_features: bool = False, feature_options: EmbedOptions = EmbedOptions(),
-                      batch_size: int = DEFAULT_BATCH_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                      progress: bool = False, timeout: Optional[float] = None) -> list[Prediction]:
+                      decode: Optional[DecodeName] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                      max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, progress: bool = False,
+                      timeout: Optional[float] = None) -> list[Prediction]:
         """One ``Prediction`` per image; see ``FeaturizerClient.predict``."""
         features = feature_options if include_features else None
+        decode_to_proto(decode)
         items, total = plan(images)
 
         async def submit(batch: list[pb.Image]) -> pb.PredictResponse:
-            return await self._call(self._stub.Predict, predict_request(model, version, batch, top_k, features), timeout)
+            return await self._call(self._stub.Predict, predict_request(model, version, batch, top_k, features, decode),
+                                    timeout)
 
         with Progress(progress, total) as bar:
             return [p async for r in ordered_calls_async(submit, chunks(items, batch_size), max_in_flight, bar)
@@ -91,13 +97,14 @@ class AsyncFeaturizerClient:
 
     # ----- bulk jobs over the stream RPCs: see FeaturizerClient.iter_embed and embed_to ---------
     def iter_embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0,
-                   options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
-                   max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                   options: EmbedOptions = EmbedOptions(), decode: Optional[DecodeName] = None,
+                   on_error: OnError | str = OnError.RAISE, max_in_flight: int = DEFAULT_BULK_IN_FLIGHT,
+                   streams: int = DEFAULT_STREAMS,
                    timeout: Optional[float] = None) -> AsyncIterator[Union[Result, Failure]]:
         """``async for result in client.iter_embed(...)``; see ``FeaturizerClient.iter_embed``."""
+        spec = embed_spec(model, version, options, decode)
         window = Window(items_of(images), max_in_flight)
-        return aio_bulk.apply_policy(aio_bulk.run(self, embed_spec(model, version, options), window, streams,
-                                                  timeout), on_error)
+        return aio_bulk.apply_policy(aio_bulk.run(self, spec, window, streams, timeout), on_error)
 
     async def embed_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
                          on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
@@ -105,12 +112,13 @@ class AsyncFeaturizerClient:
                             stack=True)
 
     def iter_predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
-                     features: Optional[EmbedOptions] = None, on_error: OnError | str = OnError.RAISE,
-                     max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
+                     features: Optional[EmbedOptions] = None, decode: Optional[DecodeName] = None,
+                     on_error: OnError | str = OnError.RAISE, max_in_flight: int = DEFAULT_BULK_IN_FLIGHT,
+                     streams: int = DEFAULT_STREAMS,
                      timeout: Optional[float] = None) -> AsyncIterator[Union[Result, Failure]]:
+        spec = predict_spec(model, version, top_k, features, decode)
         window = Window(items_of(images), max_in_flight)
-        return aio_bulk.apply_policy(aio_bulk.run(self, predict_spec(model, version, top_k, features), window,
-                                                  streams, timeout), on_error)
+        return aio_bulk.apply_policy(aio_bulk.run(self, spec, window, streams, timeout), on_error)
 
     async def predict_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
                            on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
@@ -118,17 +126,17 @@ class AsyncFeaturizerClient:
                             stack=False)
 
     async def embed_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
-                       version: int = 0, options: EmbedOptions = EmbedOptions(),
+                       version: int = 0, options: EmbedOptions = EmbedOptions(), decode: Optional[DecodeName] = None,
                        on_error: OnError | str = OnError.RAISE, resume: bool = False, dedup: bool = False,
                        progress: bool = False, max_in_flight: int = DEFAULT_BULK_IN_FLIGHT,
                        streams: int = DEFAULT_STREAMS, commit_every: int = DEFAULT_COMMIT_EVERY,
                        timeout: Optional[float] = None) -> Summary:
         """See ``FeaturizerClient.embed_to``: the same files, byte for byte."""
+        spec = embed_spec(model, version, options, decode)
         values = list(bulk.inputs_of(images))
-        job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options), Results.MATRIX,
-                  on_error=OnError(on_error), resume=resume, dedup=dedup, commit_every=commit_every)
+        job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options, decode),
+                  Results.MATRIX, on_error=OnError(on_error), resume=resume, dedup=dedup, commit_every=commit_every)
         window = Window(job.items(), max_in_flight)
-        spec = embed_spec(model, version, options)
         return await drive_async(job, lambda: aio_bulk.run(self, spec, window, streams, timeout), window, progress)
 
     async def list_models(self, *, timeout: Optional[float] = None) -> list[ModelInfo]:

@@ -25,7 +25,8 @@ import numpy as np
 
 from .errors import FeaturizerError
 from .inputs import ImageLike, expand_inputs
-from .messages import EmbedOptions, embed_request, embeddings_of, predict_request, predictions_of
+from .messages import (DecodeName, EmbedOptions, decode_to_proto, embed_request, embeddings_of, predict_request,
+                       predictions_of)
 from .sources import Item, Source
 from .v1 import featurizer_pb2 as pb
 from .window import RETRY_CODES, Duplicate, Failure, ItemFailure, OnError, Outcome, Result, Window
@@ -47,17 +48,21 @@ class StreamSpec:
     value: Callable[[Any], Any]
 
 
-def embed_spec(model: str, version: int, options: EmbedOptions) -> StreamSpec:
+def embed_spec(model: str, version: int, options: EmbedOptions, decode: Optional[DecodeName] = None) -> StreamSpec:
     options.to_proto()  # a bad option is a ValueError now, not 10,000 per-item errors later
+    decode_to_proto(decode)
     return StreamSpec("EmbedStream",
-                      lambda id, image: pb.EmbedStreamRequest(id=id, request=embed_request(model, version, [image], options)),
+                      lambda id, image: pb.EmbedStreamRequest(
+                          id=id, request=embed_request(model, version, [image], options, decode)),
                       lambda response: embeddings_of(response)[0])
 
 
-def predict_spec(model: str, version: int, top_k: int, features: Optional[EmbedOptions]) -> StreamSpec:
+def predict_spec(model: str, version: int, top_k: int, features: Optional[EmbedOptions],
+                 decode: Optional[DecodeName] = None) -> StreamSpec:
+    decode_to_proto(decode)
     return StreamSpec("PredictStream",
                       lambda id, image: pb.PredictStreamRequest(
-                          id=id, request=predict_request(model, version, [image], top_k, features)),
+                          id=id, request=predict_request(model, version, [image], top_k, features, decode)),
                       lambda response: predictions_of(response)[0])
 
 
@@ -111,10 +116,12 @@ def inputs_of(images: ImageLike | Iterable[ImageLike]) -> Iterator[ImageLike]:
     return expand_inputs(images)
 
 
-def describe(method: str, model: str, version: int, options: Optional[EmbedOptions], **extra: Any) -> dict:
-    """What a job asks for, as the journal fingerprints it."""
+def describe(method: str, model: str, version: int, options: Optional[EmbedOptions],
+             decode: Optional[DecodeName] = None, **extra: Any) -> dict:
+    """What a job asks for, as the journal fingerprints it. ``decode`` only when set, so a job
+    journalled before the option existed still resumes."""
     return {"method": method, "model": model, "version": version,
-            "options": None if options is None else asdict(options), **extra}
+            "options": None if options is None else asdict(options), **({"decode": decode} if decode else {}), **extra}
 
 
 class _Lane:

@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, get_args
 
 from .jobs import Summary, prediction_json
 from .journal import JournalMismatch
-from .messages import EmbedOptions
+from .messages import DecodeName, EmbedOptions
 from .sources import Scan, scan
 from .window import DEFAULT_BULK_IN_FLIGHT, DEFAULT_STREAMS, Failure, OnError
 
@@ -44,6 +44,9 @@ def add_bulk_flags(parser: argparse.ArgumentParser, positive_int: Callable[[str]
     parser.add_argument("--resume", action="store_true",
                         help="go on from what an earlier run of the same command wrote (its journal file)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
+    parser.add_argument("--decode", choices=get_args(DecodeName),
+                        help="JPEG decoding: exact, or fast (libjpeg's reduced-scale decode, a few times faster on "
+                             "large photos, embeddings within a cosine of ~0.9999) [default: the model's own]")
 
 
 def scanned(args: argparse.Namespace) -> Scan:
@@ -64,8 +67,9 @@ def cmd_embed(args: argparse.Namespace, client: "FeaturizerClient") -> int:
     options = EmbedOptions(args.layer, args.pooling or "", args.normalize, args.dtype)
     try:
         summary = client.embed_to(found.images, args.output, model=args.model, version=args.version,
-                                  options=options, on_error=args.on_error, resume=args.resume, dedup=args.dedup,
-                                  progress=args.progress, max_in_flight=args.max_in_flight, streams=args.streams)
+                                  options=options, decode=args.decode, on_error=args.on_error, resume=args.resume,
+                                  dedup=args.dedup, progress=args.progress, max_in_flight=args.max_in_flight,
+                                  streams=args.streams)
     except JournalMismatch as error:
         raise UsageError(f"--resume: {error}") from None
     shape = "x".join(map(str, _shape(summary)))
@@ -85,16 +89,16 @@ def cmd_predict(args: argparse.Namespace, client: "FeaturizerClient") -> int:
     if args.output is not None:
         try:
             summary = client.predict_to(found.images, args.output, model=args.model, version=args.version,
-                                        top_k=args.top_k, on_error=args.on_error, resume=args.resume,
-                                        progress=args.progress, max_in_flight=args.max_in_flight,
-                                        streams=args.streams)
+                                        top_k=args.top_k, decode=args.decode, on_error=args.on_error,
+                                        resume=args.resume, progress=args.progress,
+                                        max_in_flight=args.max_in_flight, streams=args.streams)
         except JournalMismatch as error:
             raise UsageError(f"--resume: {error}") from None
         report(found, summary, args.on_error, f"wrote {summary.rows} predictions to {args.output}")
         return 1 if summary.failed else 0
     policy = OnError(args.on_error)
     collected = client.predict_many(found.images, model=args.model, version=args.version, top_k=args.top_k,
-                                    on_error=OnError.COLLECT if policy is OnError.SKIP else policy,
+                                    decode=args.decode, on_error=OnError.COLLECT if policy is OnError.SKIP else policy,
                                     max_in_flight=args.max_in_flight, streams=args.streams)
     names, predictions = [str(s) for s in collected.sources], collected.values
     if args.json:

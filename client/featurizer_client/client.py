@@ -22,8 +22,9 @@ from .jobs import DEFAULT_COMMIT_EVERY, Job, Results, Summary, drive
 from .outputs import OutputPaths
 from .sources import items_of
 from .window import DEFAULT_BULK_IN_FLIGHT, DEFAULT_STREAMS, Failure, OnError, Result, Window
-from .messages import (DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
-                       embeddings_of, health_error, model_of, models_of, predict_request, predictions_of)
+from .messages import (DecodeName, DTypeName, EmbedOptions, ModelInfo, PoolingName, Prediction, embed_request,
+                       decode_to_proto, embeddings_of, health_error, model_of, models_of, predict_request,
+                       predictions_of)
 from .v1 import featurizer_pb2 as pb
 from .v1 import featurizer_pb2_grpc as pb_grpc
 
@@ -72,18 +73,22 @@ class FeaturizerClient:
 
     def embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, layer: str = "",
               pooling: PoolingName = "", normalize: bool = False, dtype: DTypeName = "float32",
-              batch_size: int = DEFAULT_BATCH_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-              progress: bool = False, timeout: Optional[float] = None) -> np.ndarray:
+              decode: Optional[DecodeName] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+              max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, progress: bool = False,
+              timeout: Optional[float] = None) -> np.ndarray:
         """Feature vectors ``[N, D]`` (float32 unless ``dtype="float16"``); row i belongs to image i.
 
         ``images``: one image or many (bytes, paths, directories, globs, uint8 HWC arrays, PIL
         images). They are sent ``batch_size`` per call with at most ``max_in_flight`` calls at once.
+        ``decode``: "exact" or "fast" JPEG decoding for this call (None: the model's own
+        ``input.decode``; docs/client.md says what fast changes).
         """
         options = EmbedOptions(layer, pooling, normalize, dtype)
+        decode_to_proto(decode)  # a bad value is a ValueError before any image is read
         items, total = plan(images)
 
         def submit(batch: list[pb.Image]) -> "_Future":
-            return self._future(self._stub.Embed, embed_request(model, version, batch, options), timeout)
+            return self._future(self._stub.Embed, embed_request(model, version, batch, options, decode), timeout)
 
         with Progress(progress, total) as bar:
             arrays = [embeddings_of(r) for r in ordered_calls(
@@ -92,18 +97,21 @@ class FeaturizerClient:
 
     def predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
                 include_features: bool = False, feature_options: EmbedOptions = EmbedOptions(),
-                batch_size: int = DEFAULT_BATCH_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                progress: bool = False, timeout: Optional[float] = None) -> list[Prediction]:
+                decode: Optional[DecodeName] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, progress: bool = False,
+                timeout: Optional[float] = None) -> list[Prediction]:
         """One ``Prediction`` per image (top ``top_k`` classes; 0 = the server's default of 5).
 
         ``include_features``: also return each image's backbone features (heads only), computed
-        in the same backbone pass, as ``Prediction.features``.
+        in the same backbone pass, as ``Prediction.features``. ``decode``: as in ``embed``.
         """
         features = feature_options if include_features else None
+        decode_to_proto(decode)
         items, total = plan(images)
 
         def submit(batch: list[pb.Image]) -> "_Future":
-            return self._future(self._stub.Predict, predict_request(model, version, batch, top_k, features), timeout)
+            return self._future(self._stub.Predict, predict_request(model, version, batch, top_k, features, decode),
+                                timeout)
 
         with Progress(progress, total) as bar:
             return [p for r in ordered_calls(submit, chunks(items, batch_size), max_in_flight, bar)
@@ -111,18 +119,19 @@ class FeaturizerClient:
 
     # ----- bulk jobs over the stream RPCs (bulk.py): one bad input costs one row --------------
     def iter_embed(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0,
-                   options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
-                   max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
-                   timeout: Optional[float] = None) -> Iterator[Union[Result, Failure]]:
+                   options: EmbedOptions = EmbedOptions(), decode: Optional[DecodeName] = None,
+                   on_error: OnError | str = OnError.RAISE, max_in_flight: int = DEFAULT_BULK_IN_FLIGHT,
+                   streams: int = DEFAULT_STREAMS, timeout: Optional[float] = None) -> Iterator[Union[Result, Failure]]:
         """Each input's ``Result`` (``.value``: its row, ``.source``: its path or index), in input
         order, over EmbedStream. ``on_error``: "raise" (``ItemFailure`` naming the input's global
         index and file), "skip" (leave it out) or "collect" (a ``Failure`` in its place).
         ``max_in_flight``: inputs read and not yet handed back; ``streams``: concurrent streams
         (round_robin puts them on different replicas). ``timeout``: the longest wait for an answer.
+        ``decode``: as in ``embed``, for every item.
         """
+        spec = embed_spec(model, version, options, decode)
         window = Window(items_of(images), max_in_flight)
-        return bulk.apply_policy(bulk.run(self, embed_spec(model, version, options), window, streams, timeout),
-                                 on_error)
+        return bulk.apply_policy(bulk.run(self, spec, window, streams, timeout), on_error)
 
     def embed_many(self, images: ImageLike | Iterable[ImageLike], *, model: str, on_error: OnError | str = OnError.RAISE,
                    **kwargs: Any) -> Collected:
@@ -130,13 +139,13 @@ class FeaturizerClient:
         return bulk.collect(self.iter_embed(images, model=model, on_error=OnError(on_error), **kwargs), stack=True)
 
     def iter_predict(self, images: ImageLike | Iterable[ImageLike], *, model: str, version: int = 0, top_k: int = 0,
-                     features: Optional[EmbedOptions] = None, on_error: OnError | str = OnError.RAISE,
-                     max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
-                     timeout: Optional[float] = None) -> Iterator[Union[Result, Failure]]:
+                     features: Optional[EmbedOptions] = None, decode: Optional[DecodeName] = None,
+                     on_error: OnError | str = OnError.RAISE, max_in_flight: int = DEFAULT_BULK_IN_FLIGHT,
+                     streams: int = DEFAULT_STREAMS, timeout: Optional[float] = None) -> Iterator[Union[Result, Failure]]:
         """Like ``iter_embed`` over PredictStream: ``Result.value`` is a ``Prediction``."""
+        spec = predict_spec(model, version, top_k, features, decode)
         window = Window(items_of(images), max_in_flight)
-        return bulk.apply_policy(bulk.run(self, predict_spec(model, version, top_k, features), window, streams,
-                                          timeout), on_error)
+        return bulk.apply_policy(bulk.run(self, spec, window, streams, timeout), on_error)
 
     def predict_many(self, images: ImageLike | Iterable[ImageLike], *, model: str,
                      on_error: OnError | str = OnError.RAISE, **kwargs: Any) -> Collected:
@@ -144,8 +153,8 @@ class FeaturizerClient:
         return bulk.collect(self.iter_predict(images, model=model, on_error=OnError(on_error), **kwargs), stack=False)
 
     def embed_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
-                 version: int = 0, options: EmbedOptions = EmbedOptions(), on_error: OnError | str = OnError.RAISE,
-                 resume: bool = False, dedup: bool = False, progress: bool = False,
+                 version: int = 0, options: EmbedOptions = EmbedOptions(), decode: Optional[DecodeName] = None,
+                 on_error: OnError | str = OnError.RAISE, resume: bool = False, dedup: bool = False, progress: bool = False,
                  max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
                  commit_every: int = DEFAULT_COMMIT_EVERY, timeout: Optional[float] = None) -> Summary:
         """Embed every input into ``out`` (a ``.npy``), writing as answers arrive (docs/client.md).
@@ -155,26 +164,27 @@ class FeaturizerClient:
         committed; the files end byte for byte as an uninterrupted run writes them. ``dedup``:
         inputs with identical bytes are sent once and the row copied.
         """
+        spec = embed_spec(model, version, options, decode)
         values = list(bulk.inputs_of(images))
-        job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options), Results.MATRIX,
-                  on_error=OnError(on_error), resume=resume, dedup=dedup, commit_every=commit_every)
+        job = Job(OutputPaths.beside(Path(out)), values, bulk.describe("embed", model, version, options, decode),
+                  Results.MATRIX, on_error=OnError(on_error), resume=resume, dedup=dedup, commit_every=commit_every)
         window = Window(job.items(), max_in_flight)
-        spec = embed_spec(model, version, options)
         return drive(job, lambda: bulk.run(self, spec, window, streams, timeout), window, progress)
 
     def predict_to(self, images: ImageLike | Iterable[ImageLike], out: Union[str, os.PathLike], *, model: str,
                    version: int = 0, top_k: int = 0, features: Optional[EmbedOptions] = None,
-                   on_error: OnError | str = OnError.RAISE, resume: bool = False, progress: bool = False,
+                   decode: Optional[DecodeName] = None, on_error: OnError | str = OnError.RAISE,
+                   resume: bool = False, progress: bool = False,
                    max_in_flight: int = DEFAULT_BULK_IN_FLIGHT, streams: int = DEFAULT_STREAMS,
                    commit_every: int = DEFAULT_COMMIT_EVERY, timeout: Optional[float] = None) -> Summary:
         """Predict every input into ``out`` as JSON lines (one per good input, naming it); failures
         and journal beside it, resumable like ``embed_to``."""
+        spec = predict_spec(model, version, top_k, features, decode)
         values = list(bulk.inputs_of(images))
-        description = bulk.describe("predict", model, version, features, top_k=top_k)
+        description = bulk.describe("predict", model, version, features, decode, top_k=top_k)
         job = Job(OutputPaths.beside(Path(out)), values, description, Results.LINES, on_error=OnError(on_error),
                   resume=resume, dedup=False, commit_every=commit_every)
         window = Window(job.items(), max_in_flight)
-        spec = predict_spec(model, version, top_k, features)
         return drive(job, lambda: bulk.run(self, spec, window, streams, timeout), window, progress)
 
     def list_models(self, *, timeout: Optional[float] = None) -> list[ModelInfo]:

@@ -15,9 +15,11 @@ from .v1 import featurizer_pb2 as pb
 
 PoolingName = Literal["", "flatten", "avg", "max", "none"]
 DTypeName = Literal["float32", "float16"]
+DecodeName = Literal["exact", "fast"]
 _POOLING = {"": pb.POOLING_DEFAULT, "flatten": pb.POOLING_FLATTEN, "avg": pb.POOLING_AVG,
             "max": pb.POOLING_MAX, "none": pb.POOLING_NONE}
 _DTYPE = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
+_DECODE = {"exact": pb.DECODE_EXACT, "fast": pb.DECODE_FAST}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class EmbedOptions:
             raise ValueError(f"dtype: expected float32 or float16, got {self.dtype!r}")
         return pb.EmbedOptions(layer=self.layer, pooling=_POOLING[self.pooling], normalize=self.normalize,
                                output_dtype=_DTYPE[self.dtype])
+
+
+def decode_to_proto(decode: Optional[DecodeName]) -> pb.Decode:
+    """``decode=`` of embed/predict -> featurizer.v1's ``Decode`` (None: the model's own mode).
+    Checked here so a typo is a ValueError before any image is read or sent."""
+    if decode is None:
+        return pb.DECODE_DEFAULT
+    if decode not in _DECODE:
+        raise ValueError(f"decode: expected 'exact', 'fast' or None (the model's own input.decode), got {decode!r}")
+    return _DECODE[decode]
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class ModelVersion:
     backbone: str
     reason: str
     sha256: str
+    decode: str = ""                # the model's own JPEG decode mode: exact | fast ("" for heads)
 
 
 @dataclass(frozen=True)
@@ -91,13 +104,16 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()   # aliases that lead to this model (list_models and get_model)
 
 
-def embed_request(model: str, version: int, images: Sequence[pb.Image], options: EmbedOptions) -> pb.EmbedRequest:
-    return pb.EmbedRequest(model=model, version=version, images=images, options=options.to_proto())
+def embed_request(model: str, version: int, images: Sequence[pb.Image], options: EmbedOptions,
+                  decode: Optional[DecodeName] = None) -> pb.EmbedRequest:
+    return pb.EmbedRequest(model=model, version=version, images=images, options=options.to_proto(),
+                           decode=decode_to_proto(decode))
 
 
 def predict_request(model: str, version: int, images: Sequence[pb.Image], top_k: int,
-                    features: Optional[EmbedOptions]) -> pb.PredictRequest:
-    request = pb.PredictRequest(model=model, version=version, images=images, top_k=top_k)
+                    features: Optional[EmbedOptions], decode: Optional[DecodeName] = None) -> pb.PredictRequest:
+    request = pb.PredictRequest(model=model, version=version, images=images, top_k=top_k,
+                                decode=decode_to_proto(decode))
     if features is not None:
         request.include_features = True
         request.feature_options.CopyFrom(features.to_proto())
@@ -137,7 +153,7 @@ def model_of(info: pb.ModelInfo, aliases: tuple[str, ...] = ()) -> ModelInfo:
     versions = tuple(ModelVersion(
         version=v.version, state=pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_"), kind=v.kind,
         architecture=v.architecture, output_shape=tuple(v.output_shape), labels=tuple(v.labels),
-        backbone=v.backbone, reason=v.reason, sha256=v.sha256) for v in info.versions)
+        backbone=v.backbone, reason=v.reason, sha256=v.sha256, decode=v.input.decode) for v in info.versions)
     return ModelInfo(info.name, info.default_version, versions, tuple(info.aliases) or aliases)
 
 

@@ -22,6 +22,12 @@ class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POOLING_MAX: _ClassVar[Pooling]
     POOLING_NONE: _ClassVar[Pooling]
 
+class Decode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECODE_DEFAULT: _ClassVar[Decode]
+    DECODE_EXACT: _ClassVar[Decode]
+    DECODE_FAST: _ClassVar[Decode]
+
 class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
@@ -38,6 +44,9 @@ POOLING_FLATTEN: Pooling
 POOLING_AVG: Pooling
 POOLING_MAX: Pooling
 POOLING_NONE: Pooling
+DECODE_DEFAULT: Decode
+DECODE_EXACT: Decode
+DECODE_FAST: Decode
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_AVAILABLE: ModelState
@@ -75,16 +84,18 @@ class EmbedOptions(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: bool = ..., output_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("model", "version", "images", "options")
+    __slots__ = ("model", "version", "images", "options", "decode")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: EmbedOptions
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
+    decode: Decode
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ..., decode: _Optional[_Union[Decode, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("model", "version", "embeddings")
@@ -97,20 +108,22 @@ class EmbedResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "images", "top_k", "include_features", "feature_options")
+    __slots__ = ("model", "version", "images", "top_k", "include_features", "feature_options", "decode")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     images: _containers.RepeatedCompositeFieldContainer[Image]
     top_k: int
     include_features: bool
     feature_options: EmbedOptions
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., include_features: bool = ..., feature_options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
+    decode: Decode
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., include_features: bool = ..., feature_options: _Optional[_Union[EmbedOptions, _Mapping]] = ..., decode: _Optional[_Union[Decode, str]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("index", "label", "probability")
@@ -193,20 +206,22 @@ class PredictStreamResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[PredictResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class InputSpec(_message.Message):
-    __slots__ = ("mode", "resize", "height", "width", "mean", "std")
+    __slots__ = ("mode", "resize", "height", "width", "mean", "std", "decode")
     MODE_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     mode: str
     resize: int
     height: int
     width: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, mode: _Optional[str] = ..., resize: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    decode: str
+    def __init__(self, mode: _Optional[str] = ..., resize: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., decode: _Optional[str] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
     __slots__ = ("version", "state", "reason", "kind", "architecture", "input", "output_shape", "labels", "backbone", "backbone_version", "sha256")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Optional
 
 import numpy as np
 from featurizer_client.tensors import TensorFormatError, from_proto, to_proto
@@ -13,6 +14,7 @@ from featurizer.inference.engine import Embeddings, Predictions, RawImage
 from featurizer.inference.errors import InvalidArgument
 from featurizer.inference.models import ModelVersion
 from featurizer.inference.requests import EmbedOptions, OutputDType
+from featurizer.registry.manifest import DecodeMode
 from featurizer.registry.registry import RegistryError, alias_chain
 from featurizer.states import ModelState
 
@@ -21,6 +23,10 @@ from featurizer.states import ModelState
 _POOLING: dict[int, str] = {pb.POOLING_DEFAULT: "", **{pb.Pooling.Value(f"POOLING_{p.name}"): p for p in Pooling}}
 _OUT_DTYPE = {pb.DTYPE_UNSPECIFIED: OutputDType.FLOAT32, pb.DTYPE_FLOAT32: OutputDType.FLOAT32,
               pb.DTYPE_FLOAT16: OutputDType.FLOAT16}
+# featurizer.v1's DECODE_<NAME> for each DecodeMode member (a member missing from the .proto fails
+# here, at import); DECODE_DEFAULT = None = the model's own `input.decode`.
+_DECODE: dict[int, Optional[DecodeMode]] = {pb.DECODE_DEFAULT: None,
+                                            **{pb.Decode.Value(f"DECODE_{m.name}"): m for m in DecodeMode}}
 _STATE = {ModelState.LOADING: pb.MODEL_STATE_LOADING, ModelState.AVAILABLE: pb.MODEL_STATE_AVAILABLE,
           ModelState.FAILED: pb.MODEL_STATE_FAILED, ModelState.UNLOADING: pb.MODEL_STATE_UNLOADING}
 
@@ -55,6 +61,15 @@ def options_from_proto(options: pb.EmbedOptions, field: str = "options") -> Embe
                         dtype=_OUT_DTYPE[options.output_dtype])
 
 
+def decode_from_proto(decode: int) -> Optional[DecodeMode]:
+    """A request's ``decode`` field -> the engine's override (None: the model's own mode). proto3
+    keeps an enum number it does not know, so a raw 7 arrives here and is refused by name."""
+    if decode not in _DECODE:
+        raise InvalidArgument(f"decode: unknown value {decode}; expected DECODE_DEFAULT (the model's own), "
+                              f"{', '.join(f'DECODE_{m.name}' for m in DecodeMode)}")
+    return _DECODE[decode]
+
+
 def embed_response(result: Embeddings) -> pb.EmbedResponse:
     return pb.EmbedResponse(model=result.model, version=result.version, embeddings=to_proto(result.array))
 
@@ -86,7 +101,8 @@ def version_info(mv: ModelVersion) -> pb.ModelVersionInfo:
         else:
             spec = m.input
             info.input.CopyFrom(pb.InputSpec(mode=spec.mode, resize=spec.resize or 0, height=spec.height or 0,
-                                             width=spec.width or 0, mean=list(spec.mean), std=list(spec.std)))
+                                             width=spec.width or 0, mean=list(spec.mean), std=list(spec.std),
+                                             decode=spec.decode))
     return info
 
 

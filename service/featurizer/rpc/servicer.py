@@ -68,7 +68,7 @@ class FeaturizerServicer(pb_grpc.FeaturizerServicer):
     async def _embed(self, request: pb.EmbedRequest, deadline: Optional[float]) -> pb.EmbedResponse:
         result = await self.engine.embed(
             request.model, request.version, convert.images_from_proto(request.images),
-            convert.options_from_proto(request.options), deadline)
+            convert.options_from_proto(request.options), deadline, decode=convert.decode_from_proto(request.decode))
         return convert.embed_response(result)
 
     async def _predict(self, request: pb.PredictRequest, deadline: Optional[float]) -> pb.PredictResponse:
@@ -76,7 +76,7 @@ class FeaturizerServicer(pb_grpc.FeaturizerServicer):
                     if request.include_features else None)
         result = await self.engine.predict(
             request.model, request.version, convert.images_from_proto(request.images), request.top_k,
-            features, deadline)
+            features, deadline, decode=convert.decode_from_proto(request.decode))
         return convert.predict_response(result)
 
 

@@ -4,7 +4,8 @@ tensors out, through the same ``Engine.embed`` / ``Engine.predict`` that featuri
 
 Request parameters carry featurizer's options: ``layer`` (string), ``pooling`` (string:
 flatten, avg, max, none), ``normalize`` (bool) for features models; ``top_k`` (int, 0 = 5 or the
-number of classes) for classifiers and heads.
+number of classes) for classifiers and heads; ``decode`` (string: exact, fast; absent = the
+model's own ``input.decode``) for every model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from featurizer.inference.errors import InvalidArgument
 from featurizer.inference.models import ModelManager, ModelVersion
 from featurizer.inference.preparation import RawImage
 from featurizer.inference.requests import EmbedOptions
+from featurizer.registry.manifest import DecodeMode
 from featurizer.rpc.oip.metadata import EMBEDDINGS, IMAGES, LABELS, PIXELS, PROBABILITIES, TENSOR, Signature, is_classifier, signature
 from featurizer.rpc.oip.tensors import Tensor
 
@@ -43,6 +45,7 @@ async def infer(engine: Engine, manager: ModelManager, model: str, version: int,
     sig = signature(manager, mv)
     wanted = [sig.output(name).name for name in requested] or [s.name for s in sig.outputs]
     images = images_from(inputs, sig, mv)
+    decode = decode_mode(parameters)
     if is_classifier(mv):
         given = [name for name in EMBED_PARAMETERS if name in parameters]
         if given:
@@ -51,7 +54,7 @@ async def infer(engine: Engine, manager: ModelManager, model: str, version: int,
         classes = len(mv.loaded_manifest.output.labels)
         k = _top_k(parameters, classes)
         # Every class scored (to fill `probabilities`); `labels` keeps the top k.
-        result = await engine.predict(mv.name, mv.version, images, classes, None, deadline)
+        result = await engine.predict(mv.name, mv.version, images, classes, None, deadline, decode=decode)
         probabilities = np.zeros((len(result.top), classes), dtype=np.float32)
         for row, scores in zip(probabilities, result.top, strict=True):
             for s in scores:
@@ -62,7 +65,8 @@ async def infer(engine: Engine, manager: ModelManager, model: str, version: int,
     else:
         if "top_k" in parameters:
             raise InvalidArgument(f"parameters top_k: applies to classifiers and heads; {mv.name} is a features model")
-        embedded = await engine.embed(mv.name, mv.version, images, embed_options(parameters), deadline)
+        embedded = await engine.embed(mv.name, mv.version, images, embed_options(parameters), deadline,
+                                      decode=decode)
         array = embedded.array.astype(np.float32, copy=False)
         produced = {EMBEDDINGS: Tensor(EMBEDDINGS, "FP32", array.shape, array)}
         return Result(embedded.model, embedded.version, [produced[name] for name in wanted])
@@ -102,6 +106,16 @@ def embed_options(parameters: Mapping[str, Any]) -> EmbedOptions:
     if pooling not in ("", *Pooling):
         raise InvalidArgument(f"parameters pooling: expected one of {', '.join(Pooling)}, got {pooling[:40]!r}")
     return EmbedOptions(layer=layer, pooling=pooling, normalize=_parameter(parameters, "normalize", bool, False))
+
+
+def decode_mode(parameters: Mapping[str, Any]) -> Optional[DecodeMode]:
+    """The ``decode`` parameter -> the engine's override (absent: None, the model's own mode)."""
+    if "decode" not in parameters:
+        return None
+    decode = _parameter(parameters, "decode", str, "")
+    if decode not in (*DecodeMode,):
+        raise InvalidArgument(f"parameters decode: expected one of {', '.join(DecodeMode)}, got {decode[:40]!r}")
+    return DecodeMode(decode)
 
 
 def _top_k(parameters: Mapping[str, Any], classes: int) -> int:

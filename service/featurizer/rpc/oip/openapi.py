@@ -69,7 +69,8 @@ def openapi_document(models: Sequence[str], version: str) -> dict[str, Any]:
                                 f"{PIXELS!r} UINT8 [N,H,W,3]; {TENSOR!r} FP32 [N,3,H,W] preprocessed. Outputs: "
                                 f"{EMBEDDINGS!r} FP32 (features models); {PROBABILITIES!r} FP32 [N,classes] and "
                                 f"{LABELS!r} BYTES [N,k] (classifiers, heads). Request parameters: layer, pooling, "
-                                f"normalize, top_k, binary_data_output."},
+                                f"normalize, top_k, decode (exact or fast; absent: the model's own), "
+                                f"binary_data_output."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
