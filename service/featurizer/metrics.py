@@ -63,6 +63,16 @@ class Metrics:
         self.build_info = Info("featurizer_build", "Build and runtime versions", registry=r)
         self.device_memory = Gauge("featurizer_device_memory_bytes", "Device memory in use (CUDA only)",
                                    ["device"], registry=r)
+        # The response cache (--cache-bytes; inference/cache.py): declared always, 0 while it is off.
+        self.cache_hits = Counter("featurizer_cache_hits", "Images answered from the response cache",
+                                  ["model"], registry=r)
+        self.cache_misses = Counter("featurizer_cache_misses", "Images looked up in the response cache and computed",
+                                    ["model"], registry=r)
+        self.cache_evictions = Counter("featurizer_cache_evictions", "Cache entries evicted to stay within --cache-bytes",
+                                       registry=r)
+        self.cache_bytes = Gauge("featurizer_cache_bytes", "Bytes held by the response cache (rows + per-entry overhead)",
+                                 registry=r)
+        self.cache_entries = Gauge("featurizer_cache_entries", "Images held by the response cache", registry=r)
 
     def set_build_info(self, version: str, torch_version: str, device: str) -> None:
         self.build_info.info({"version": version, "torch": torch_version, "device": device})
@@ -90,6 +100,10 @@ class Metrics:
         for reason in DROP_REASONS:
             self.dropped.labels(model, reason)
         return ModelObserver(self, model, device, memory_in_use)
+
+    def cache_observer(self) -> "CacheObserver":
+        """Callbacks for the response cache (``inference/cache.py``'s CacheObserver)."""
+        return CacheObserver(self)
 
     def serve_http(self, port: int, host: str = "0.0.0.0"):
         """Start /metrics on a daemon thread; returns (server, thread) with the bound port."""
@@ -124,3 +138,17 @@ class ModelObserver:
         used = self.memory_in_use() if self.memory_in_use is not None else None
         if used is not None:
             self.m.device_memory.labels(self.device).set(used)
+
+
+class CacheObserver:
+    """Response-cache callbacks: evictions and the cache's current size."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def on_evict(self, count: int) -> None:
+        self.m.cache_evictions.inc(count)
+
+    def on_size(self, size_bytes: int, entries: int) -> None:
+        self.m.cache_bytes.set(size_bytes)
+        self.m.cache_entries.set(entries)

@@ -86,6 +86,9 @@ class Settings:
     max_message_bytes: int = _opt(64 * 1024 * 1024, "largest request message in bytes")
     max_image_bytes: int = _opt(32 * 1024 * 1024, "largest encoded image in bytes")
     max_image_pixels: int = _opt(40_000_000, "most pixels (width x height) in one image; larger ones are refused before decoding")
+    cache_bytes: int = _opt(0, "response cache size in bytes: the same encoded image for the same model version and "
+                               "options is answered from memory, with no decoding or inference (0 = off; "
+                               "docs/operations.md)")
     grace_seconds: float = _opt(10.0, "on SIGTERM, how long calls in flight may take to finish")
     tls_cert: Optional[Path] = _opt(None, "PEM server certificate (enables TLS, with --tls-key)")
     tls_key: Optional[Path] = _opt(None, "PEM server private key")
@@ -116,6 +119,7 @@ class Settings:
         _check(self.max_message_bytes >= 1024, "max_message_bytes", self.max_message_bytes, ">= 1024")
         _check(self.max_image_bytes >= 1, "max_image_bytes", self.max_image_bytes, ">= 1")
         _check(self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, ">= 1")
+        _check(self.cache_bytes >= 0, "cache_bytes", self.cache_bytes, ">= 0 (0 = no cache)")
         _check(self.grace_seconds >= 0, "grace_seconds", self.grace_seconds, ">= 0")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert", self.tls_cert,
                "given together with --tls-key")

@@ -1,11 +1,13 @@
 """The request path as small named steps: resolve -> prepare -> batch -> predict -> unbatch.
 
 ``Engine`` is what servicers call. It knows nothing about protobuf: images arrive as bytes or
-numpy arrays, results leave as numpy arrays and dataclasses.
+numpy arrays, results leave as numpy arrays and dataclasses. With ``--cache-bytes`` the response
+cache (``cache.py``) answers images it has seen, and only the others are prepared and batched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 import dataclasses
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from featurizer.architectures import ArchitectureError, LayeredFeatures, Pooling
+from featurizer.inference.cache import CacheKey, ResponseCache, digests
 from featurizer.inference.device import DEFAULT_THREADS
 from featurizer.inference.errors import FailedPrecondition, InvalidArgument
 from featurizer.inference.gpu_decode import batch_decoder
@@ -25,10 +28,11 @@ from featurizer.inference.models import ModelManager, ModelVersion
 from featurizer.inference.preparation import Preparer, RawImage
 from featurizer.inference.preprocessing import ImageLimits
 from featurizer.inference.requests import ClassScore, EmbedOptions
-from featurizer.registry.manifest import DecodeMode, InputMode, Kind
+from featurizer.registry.manifest import DecodeMode, InputMode, InputSpec, Kind
 from featurizer.settings import Settings
 
 DEFAULT_TOP_K = 5
+INLINE_DIGEST_BYTES = 1 << 20  # more bytes per request are hashed on a thread (SHA-256: ~0.5 ms per MB here)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class Engine:
         limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.preparer = Preparer(limits, settings.preprocess_workers, settings.threads or DEFAULT_THREADS,
                                  batch_decoder(settings.decode_device, manager.device, limits))
+        self.cache: Optional[ResponseCache] = None  # off: no object, no hashing
+        if settings.cache_bytes > 0:
+            self.cache = ResponseCache(settings.cache_bytes, metrics.cache_observer())
+            manager.unload_listeners.append(self.cache.drop)
 
     def close(self) -> None:
         self.preparer.close()
@@ -66,7 +74,7 @@ class Engine:
         backbone = self.manager.backbone_of(mv)
         output = self._embed_output(mv, options)
         async with self.manager.lease(mv, backbone):
-            rows = await self._run(backbone, mv.name, images, (output,), deadline, decode)
+            rows = await self._run(mv, backbone, images, (output,), deadline, decode)
         array = _finish(_stack(rows, 0), options)
         self.metrics.images.labels(mv.name).inc(len(images))
         return Embeddings(mv.name, mv.version, array)
@@ -86,7 +94,7 @@ class Engine:
                 raise FailedPrecondition(f"include_features: model {mv.name} is a standalone classifier with no backbone")
             outputs += (self._embed_output(backbone, features),)
         async with self.manager.lease(mv, backbone):
-            rows = await self._run(backbone, mv.name, images, outputs, deadline, decode)
+            rows = await self._run(mv, backbone, images, outputs, deadline, decode)
         logits = _stack(rows, 0).astype(np.float32)
         top, positive = _rank(logits, labels, k)
         feats = None
@@ -119,15 +127,45 @@ class Engine:
             raise InvalidArgument(str(error)) from None
         return FeatureOutput(layer, pooling)
 
-    async def _run(self, backbone: ModelVersion, model: str, images: Sequence[RawImage],
+    async def _run(self, mv: ModelVersion, backbone: ModelVersion, images: Sequence[RawImage],
                    outputs: tuple[Output, ...], deadline: Optional[float],
                    decode: Optional[DecodeMode] = None) -> list[tuple[torch.Tensor, ...]]:
+        """One row per image for ``mv`` (computed by ``backbone``'s forward pass)."""
         self._check_count(images)
         spec = backbone.loaded_manifest.input
         if decode is not None and decode is not spec.decode:
             spec = dataclasses.replace(spec, decode=decode)  # the request's choice over the model's
+        if self.cache is None:
+            return await self._compute(backbone, mv.name, images, None, outputs, spec, deadline)
+        return await self._cached(self.cache, mv, backbone, images, outputs, spec, deadline)
+
+    async def _cached(self, cache: ResponseCache, mv: ModelVersion, backbone: ModelVersion,
+                      images: Sequence[RawImage], outputs: tuple[Output, ...], spec: InputSpec,
+                      deadline: Optional[float]) -> list[tuple[torch.Tensor, ...]]:
+        """The cache's rows for the images it holds; only the others are prepared and batched (all
+        hits: no admission, no decoding, no queue). Misses are stored once they passed every check."""
+        total = sum(image.nbytes if isinstance(image, np.ndarray) else len(image) for image in images)
+        found = await asyncio.to_thread(digests, images) if total > INLINE_DIGEST_BYTES else digests(images)
+        keys = [CacheKey(mv, backbone, outputs, spec.decode, d) for d in found]
+        rows = [cache.get(key) for key in keys]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        self.metrics.cache_hits.labels(mv.name).inc(len(images) - len(missing))
+        self.metrics.cache_misses.labels(mv.name).inc(len(missing))
+        if missing:
+            computed = await self._compute(backbone, mv.name, [images[i] for i in missing], missing, outputs,
+                                           spec, deadline)
+            for i, row in zip(missing, computed, strict=True):
+                rows[i] = row
+                cache.put(keys[i], row)
+        return rows  # type: ignore[return-value]  # every miss was filled above
+
+    async def _compute(self, backbone: ModelVersion, model: str, images: Sequence[RawImage],
+                       indexes: Optional[Sequence[int]], outputs: tuple[Output, ...], spec: InputSpec,
+                       deadline: Optional[float]) -> list[tuple[torch.Tensor, ...]]:
+        """Prepare, admit and batch ``images``; ``indexes``: their places in the request (None: all of
+        it, in order), which every error names."""
         started = time.perf_counter()
-        plan = self.preparer.plan(images, spec)  # headers only: bad input is refused before overload
+        plan = self.preparer.plan(images, spec, indexes)  # headers only: bad input is refused before overload
         # Admission before decoding: a refused request costs nothing, and images being prepared
         # count against --max-queue (otherwise refusals take as long as successes under load).
         serving = backbone.backbone_serving
@@ -135,12 +173,12 @@ class Engine:
         try:
             tensors = await self.preparer.run(plan, spec, serving.min_side, serving.batcher.idle, deadline)
             self.metrics.preprocess.labels(model).observe(time.perf_counter() - started)
-            _check_one_size(backbone, tensors, outputs)
+            _check_one_size(backbone, tensors, outputs, indexes or range(len(images)))
             rows = await serving.batcher.submit([Item(t, outputs) for t in tensors], deadline=deadline,
                                                  admission=admission)
         finally:
             admission.release()  # a no-op once submit took it
-        _check_finite(rows)
+        _check_finite(rows, indexes or range(len(images)))
         return rows
 
     def _check_count(self, images: Sequence[RawImage]) -> None:
@@ -151,7 +189,8 @@ class Engine:
                                   f"{self.settings.max_images_per_request} per request")
 
 
-def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], outputs: tuple[Output, ...]) -> None:
+def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], outputs: tuple[Output, ...],
+                    indexes: Sequence[int]) -> None:
     """Refuse, before the forward pass, native-size images of different sizes whose rows would
     differ in length: the response holds one tensor for all rows."""
     sizes = [tuple(t.shape[1:]) for t in tensors]
@@ -163,8 +202,8 @@ def _check_one_size(backbone: ModelVersion, tensors: Sequence[torch.Tensor], out
     other = next(i for i, size in enumerate(sizes) if size != sizes[0])
     (h0, w0), (h1, w1) = sizes[0], sizes[other]
     raise InvalidArgument(
-        f"images[0] is {w0}x{h0} and images[{other}] is {w1}x{h1}: model {backbone.name} takes images at their "
-        f"own size (input mode native), so pooling {varying[0].pooling!r} gives rows of different shapes, which "
+        f"images[{indexes[0]}] is {w0}x{h0} and images[{indexes[other]}] is {w1}x{h1}: model {backbone.name} takes "
+        f"images at their own size (input mode native), so pooling {varying[0].pooling!r} gives rows of different shapes, which "
         f"one response tensor cannot hold; use pooling avg or max, or send images of one size per request")
 
 
@@ -177,10 +216,10 @@ def _size_dependent(backbone: ModelVersion, output: FeatureOutput) -> bool:
     return -1 in backbone.output_shape  # the module's own output: as warm-up measured at two sizes
 
 
-def _check_finite(rows: Sequence[tuple[torch.Tensor, ...]]) -> None:
+def _check_finite(rows: Sequence[tuple[torch.Tensor, ...]], indexes: Sequence[int]) -> None:
     """NaN or Inf in an answer is an error, never an OK: finite inputs (a float32 tensor of 3e38)
     can overflow inside the model."""
-    for i, row in enumerate(rows):
+    for i, row in zip(indexes, rows, strict=True):
         if not all(bool(torch.isfinite(t).all()) for t in row):
             raise InvalidArgument(
                 f"images[{i}]: the model's output for this image is not finite (NaN or Inf): its values overflow "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from featurizer.inference.device import Device
 from featurizer.inference.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -46,6 +46,9 @@ class ModelManager:
         self.reads = BoundedReads(settings.registry_timeout)  # every registry read
         self.loader = VersionLoader(registry, device, settings, metrics, self.reads,
                                     lambda model, version: self.versions.get((model, version)))
+        # Called with a version that will never serve again (removed, or replaced by a reload), at
+        # once: the engine's response cache drops its rows here.
+        self.unload_listeners: list[Callable[[ModelVersion], object]] = []
         self._unlisted: set[str] = set()
         self._sync_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -125,6 +128,8 @@ class ModelManager:
             self.versions[(vd.model, vd.version)] = mv
             if previous.state is not ModelState.FAILED:
                 self._start_unload(previous, replaced=True)
+            else:
+                self._retired(previous)  # a head FAILED for its backbone may have served before
         self._publish_state(mv)
 
     def _start_unload(self, mv: ModelVersion, replaced: bool = False) -> None:
@@ -132,6 +137,7 @@ class ModelManager:
         if not replaced:
             mv.state, mv.reason = ModelState.UNLOADING, "removed from the registry; calls in flight finish"
             self._publish_state(mv)
+        self._retired(mv)
         self.unloading.append(mv)
         task = asyncio.get_running_loop().create_task(self._finish_unload(mv, replaced))
         self._tasks.add(task)
@@ -147,6 +153,10 @@ class ModelManager:
         if not replaced and (mv.name, mv.version) not in self.versions:
             self.metrics.set_model_state(mv.name, mv.version, None)
         log.info("model %s unloaded", mv.key)
+
+    def _retired(self, mv: ModelVersion) -> None:
+        for listener in self.unload_listeners:
+            listener(mv)
 
     def _publish_state(self, mv: ModelVersion) -> None:
         self.metrics.set_model_state(mv.name, mv.version, mv.state)

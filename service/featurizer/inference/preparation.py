@@ -53,6 +53,7 @@ class Plan:
     count: int
     inline: list[tuple[int, RawImage]]
     deferred: list[tuple[int, Union[RawImage, Probe]]]
+    indexes: Optional[tuple[int, ...]] = None  # each image's index in the request (None: 0..count-1)
 
 
 class Preparer:
@@ -78,13 +79,16 @@ class Preparer:
         """One tensor per image, in order: ``plan`` then ``run``."""
         return await self.run(self.plan(images, spec), spec, min_side, device_idle, deadline)
 
-    def plan(self, images: Sequence[RawImage], spec: InputSpec) -> Plan:
+    def plan(self, images: Sequence[RawImage], spec: InputSpec, indexes: Optional[Sequence[int]] = None) -> Plan:
         """Where each image will be prepared, from headers alone (small files only: larger ones are
         not read on the loop). Decodes nothing, so a caller can be admitted (or refused) between
-        ``plan`` and ``run``; refuses what a header already shows is bad (InvalidArgument)."""
+        ``plan`` and ``run``; refuses what a header already shows is bad (InvalidArgument).
+        ``indexes``: the images' places in the request, when they are a part of it (the response
+        cache's misses), so errors name ``images[i]`` as the caller sent them."""
         inline: list[tuple[int, RawImage]] = []
         deferred: list[tuple[int, Union[RawImage, Probe]]] = []
-        for i, image in enumerate(images):
+        numbers = range(len(images)) if indexes is None else indexes
+        for i, image in zip(numbers, images, strict=True):
             small = self._small(image, spec, f"images[{i}]")
             if small is None:
                 deferred.append((i, image))
@@ -92,20 +96,21 @@ class Preparer:
                 deferred.append((i, small))
             else:
                 inline.append((i, small))
-        return Plan(len(images), inline, deferred)
+        return Plan(len(images), inline, deferred, None if indexes is None else tuple(indexes))
 
     async def run(self, plan: Plan, spec: InputSpec, min_side: int, device_idle: bool,
                   deadline: Optional[float] = None) -> list[torch.Tensor]:
         """Decode and resize the planned images. ``device_idle``: the model has nothing queued or
         running. ``deadline`` (event-loop clock): images still waiting for a worker then are not decoded."""
         tensors: list[Optional[torch.Tensor]] = [None] * plan.count
+        slot = {i: k for k, i in enumerate(plan.indexes or range(plan.count))}  # request index -> result
         for i, image in plan.inline:
-            tensors[i] = self._prepare(image, spec, min_side, i)
+            tensors[slot[i]] = self._prepare(image, spec, min_side, i)
         deferred = plan.deferred
         if deferred and self.decoder is not None:  # what nvJPEG takes is decoded there; the rest below
             decoded, deferred = await self.decoder.decode(deferred, spec, min_side, deadline)
             for i, tensor in decoded:
-                tensors[i] = tensor
+                tensors[slot[i]] = tensor
         if deferred:
             alone = len(deferred) == 1 and self._on_pool == 0 and device_idle and per_thread_intra_op()
             threads = self.all_threads if alone else 1
@@ -128,7 +133,7 @@ class Preparer:
             finally:
                 self._on_pool -= len(deferred)
             for (i, _), tensor in zip(deferred, done, strict=True):
-                tensors[i] = tensor
+                tensors[slot[i]] = tensor
         return tensors  # type: ignore[return-value]  # every slot was filled above
 
     def _small(self, image: RawImage, spec: InputSpec, where: str) -> Union[RawImage, Probe, None]:
