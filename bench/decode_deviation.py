@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import time
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -37,7 +36,7 @@ def photos() -> dict[str, Image.Image]:
     motorcycle = skimage.data.stereo_motorcycle()[0]
     out["stereo_motorcycle"] = Image.fromarray(motorcycle).convert("RGB")
     sample = load_sample_images()
-    for name, array in zip(("china", "flower"), sample.images):
+    for name, array in zip(("china", "flower"), sample.images, strict=True):
         out[name] = Image.fromarray(array).convert("RGB")
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         out["grace_hopper"] = Image.open(f).convert("RGB")
@@ -72,7 +71,7 @@ def main() -> None:
     print("| photo | size | decoded at (fast) | exact ms | fast ms | cosine fast vs exact |")
     print("|---|---|---|---|---|---|")
     worst = 1.0
-    for name, label, data in variants(photos()):
+    for name, _label, data in variants(photos()):
         exact, exact_ms, full = prepared(data, DecodeMode.EXACT)
         fast, fast_ms, reduced = prepared(data, DecodeMode.FAST)
         rows = torch.flatten(model(normalize(torch.stack([exact, fast]))), 1).double()

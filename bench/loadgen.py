@@ -5,6 +5,10 @@ is measured from outside; the loop and its window (``--warmup`` seconds after th
 ``--seconds`` long) are ``closed_loop.py``'s, shared with ``triton_load.py``. Prints one JSON line:
 images/s, latency percentiles, errors by code, and this process's CPU seconds (the share of the
 2 cores the load itself took).
+
+``--repeat-fraction F`` makes it a response-cache workload (``repeats.py``): with probability F a
+request repeats one of the payload files byte for byte, otherwise it is a unique variant of one;
+the result then also holds the latency percentiles of repeats and unique requests (``by_kind``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from closed_loop import client_cpu_seconds, run_callers  # noqa: E402
 from payloads import read_payloads  # noqa: E402
+from repeats import RepeatSource  # noqa: E402
 
 from featurizer_client.v1 import featurizer_pb2 as pb  # noqa: E402
 from featurizer_client.v1 import featurizer_pb2_grpc as pb_grpc  # noqa: E402
@@ -72,9 +77,10 @@ async def run(args: argparse.Namespace) -> dict:
     payloads = read_payloads(args.payloads)
     make = http_sender if args.protocol == "http" else grpc_sender
     send, close = make(args.target, args.rpc, args.model)
+    shared = RepeatSource(payloads, args.repeat_fraction, args.seed) if args.repeat_fraction > 0 else None
     try:
         return await run_callers(send, payloads, args.concurrency, args.batch, args.warmup, args.seconds,
-                                 RPC_TIMEOUT_S)
+                                 RPC_TIMEOUT_S, shared)
     finally:
         await close()
 
@@ -90,7 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per request")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeat-fraction", type=float, default=0.0,
+                        help="share of requests repeating a payload file byte for byte, the rest unique (0 = "
+                             "every caller cycles through the files)")
+    parser.add_argument("--seed", type=int, default=0, help="of the repeat/unique choices")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.repeat_fraction <= 1.0:
+        parser.error(f"--repeat-fraction must be in [0, 1], got {args.repeat_fraction}")
     result = asyncio.run(run(args))
     result["client_cpu_s"] = client_cpu_seconds()
     print(json.dumps(result))

@@ -1,8 +1,10 @@
 """The same real photographs for every system, written once as files the load generators read.
 
 Photos ship inside scikit-image (no network, see ../shared/DATA.md). AlexNet gets them as full-size
-JPEGs; LargeNet gets the same photos shrunk to 32x32 (its input size), so per-request overhead
-dominates and the echo server can answer the same payloads.
+JPEGs (``full``: 451x300 to 1000x872) and upscaled to a phone camera's 12 megapixels (``phone``:
+4032x3024, bicubic, as tests/support/phone_photos.py makes them, about a megabyte each at q90), where
+decoding and resizing cost more than the network; LargeNet gets the same photos shrunk to 32x32 (its
+input size), so per-request overhead dominates and the echo server can answer the same payloads.
 """
 
 from __future__ import annotations
@@ -11,19 +13,21 @@ import io
 from pathlib import Path
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")
+PHONE = (4032, 3024)  # width x height of a 12-megapixel phone photo, landscape (every photo here is)
 
 
 def write_payloads(directory: Path) -> dict[str, Path]:
-    """JPEG files under ``directory/full`` and ``directory/small``; returns both folders."""
+    """JPEG files under ``directory/full``, ``directory/phone`` and ``directory/small``; returns the folders."""
     import skimage.data
     from PIL import Image
 
-    folders = {"full": directory / "full", "small": directory / "small"}
+    folders = {"full": directory / "full", "phone": directory / "phone", "small": directory / "small"}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     for name in PHOTOS:
         image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         image.save(folders["full"] / f"{name}.jpg", format="JPEG", quality=90)
+        image.resize(PHONE, Image.Resampling.BICUBIC).save(folders["phone"] / f"{name}.jpg", format="JPEG", quality=90)
         image.resize((32, 32), Image.Resampling.BILINEAR).save(folders["small"] / f"{name}.jpg", format="JPEG", quality=90)
     return folders
 

@@ -3,11 +3,13 @@
 Systems run one after another in interleaved rounds (limit, featurizer, the same featurizer over
 the Open Inference Protocol through tritonclient as v2-grpc and v2-http, naive, peers, echo; then
 again), because this machine's speed drifts within a run: ratios are taken inside a round and
-reported as the median and range over rounds. Every server is a subprocess started and stopped
+reported as the median and range over rounds. Each round also has a photos part (``photos.py``):
+the limit and featurizer on phone-size photos, exact and fast decode, and a 50%-repeat workload on
+featurizer with its response cache off and on. Every server is a subprocess started and stopped
 here; every load generator is a separate process. Writes bench/results/<timestamp>.json and
 docs/performance.md (+ PNGs).
 
-    python bench/run.py            # full: 3 rounds, 6 s per load, 10-minute memory check (~22 minutes)
+    python bench/run.py            # full: 3 rounds, 6 s per load, 10-minute memory check (~27 minutes)
     python bench/run.py --quick    # 1 round, a couple of seconds per load (smoke)
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import photos  # noqa: E402
 import report  # noqa: E402
 import systems  # noqa: E402
 from demo_registry import build_registry  # noqa: E402
@@ -47,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop single-image callers")
     parser.add_argument("--batch", type=int, default=64, help="images per request of the one batch client (0 = none)")
     parser.add_argument("--largenet-concurrency", type=int, default=64, help="callers of the LargeNet load (0 = none)")
+    parser.add_argument("--phone-concurrency", type=int, default=32,
+                        help="callers of featurizer's phone-photo loads and the phone limit's batch size (0 = none)")
+    parser.add_argument("--repeat-fraction", type=float, default=0.5,
+                        help="share of repeated requests in the response-cache workload (0 = none)")
     parser.add_argument("--memory-minutes", type=float, help="memory check length (default 10; 0 = off, 0 with --quick)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="time budget: stages that would start after it are skipped (recorded as such), and the "
@@ -69,12 +76,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--systems: unknown {sorted(unknown)}; expected some of {', '.join(ALL_SYSTEMS)}")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    if not 0.0 <= args.repeat_fraction <= 1.0:
+        parser.error(f"--repeat-fraction must be in [0, 1], got {args.repeat_fraction}")
     return args
+
+
+def round_systems(args: argparse.Namespace) -> list[str]:
+    """What one round runs: ``--systems`` in order, the phone limit after the limit and the cached
+    featurizer after featurizer (the photos part)."""
+    out = []
+    for name in args.systems:
+        out.append(name)
+        if name == "limit" and args.phone_concurrency:
+            out.append(photos.PHONE_LIMIT)
+        if name == "featurizer" and args.repeat_fraction:
+            out.append(systems.CACHED)
+    return out
 
 
 def loads_for(name: str, args: argparse.Namespace) -> list[dict]:
     """The loads one system gets: AlexNet single-image callers and a batch client; LargeNet for
-    featurizer and the echo server."""
+    featurizer and the echo server; the photos part's loads for featurizer (cache off) and the
+    cached featurizer (the repeat load alone)."""
+    if name == systems.CACHED:
+        return photos.repeat_loads(args.repeat_fraction)
     alexnet = [] if name == "echo" else (
         [{"label": f"c{c}", "rpc": "embed", "model": "alexnet", "payloads": "full", "concurrency": c, "batch": 1}
          for c in args.concurrency]
@@ -83,7 +108,8 @@ def loads_for(name: str, args: argparse.Namespace) -> list[dict]:
     largenet = ([{"label": f"largenet_c{args.largenet_concurrency}", "rpc": "predict", "model": "largenet",
                   "payloads": "small", "concurrency": args.largenet_concurrency, "batch": 1}]
                 if args.largenet_concurrency and name in ("featurizer", "echo") else [])
-    return alexnet + largenet
+    photo = photos.phone_loads(args.phone_concurrency) + photos.repeat_loads(args.repeat_fraction)
+    return alexnet + largenet + (photo if name == "featurizer" else [])
 
 
 def limit_seconds(args: argparse.Namespace) -> float:
@@ -95,11 +121,13 @@ def estimate_minutes(args: argparse.Namespace) -> float:
     per_load = args.warmup + args.seconds + 1.5       # + load generator start-up
     startup = 15.0                                    # a server: imports, weights, warm-up
     seconds = 0.0
-    for name in args.systems:
+    for name in round_systems(args):
         if name == "limit":
             seconds += (4 if args.quick else 16) * (limit_seconds(args) + 1.5) + 10
+        elif name == photos.PHONE_LIMIT:
+            seconds += photos.limit_estimate_s(args.phone_concurrency, limit_seconds(args), args.quick)
         elif name != "pytriton":
-            seconds += startup + per_load * len(loads_for(name, args))
+            seconds += startup + sum(per_load + photos.tail_s(load) for load in loads_for(name, args))
     return (seconds * args.rounds + 30 + (args.memory_minutes * 60 + 30 if "featurizer" in args.systems else 0)) / 60
 
 
@@ -152,6 +180,8 @@ def run_load(running: systems.Running, load: dict, ctx: systems.Context, args: a
             "--payloads", str(ctx.payloads[load["payloads"]]),
             "--concurrency", str(load["concurrency"]), "--batch", str(load["batch"]),
             "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+    if load.get("repeat_fraction"):
+        argv += ["--repeat-fraction", str(load["repeat_fraction"])]
     timeout = args.warmup + args.seconds + 120
     try:
         return json.loads(run_to_json(f"load-{running.name}-{load['label']}-r{round_index}", argv, ctx.log_dir, timeout))
@@ -166,6 +196,8 @@ def run_system(name: str, ctx: systems.Context, args: argparse.Namespace, round_
             result = {"skipped": PYTRITON_REASON.read_text().strip()}
         elif name == "limit":
             result = run_limit(ctx, args, round_index)
+        elif name == photos.PHONE_LIMIT:
+            result = photos.run_limit(ctx, args.phone_concurrency, limit_seconds(args), args.quick, round_index)
         else:
             result = run_server(name, ctx, args, round_index)
     except ChildFailed as error:
@@ -189,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                          "config": {"quick": args.quick, "rounds": args.rounds, "seconds": args.seconds,
                                     "warmup": args.warmup, "systems": args.systems, "concurrency": args.concurrency,
                                     "batch": args.batch, "largenet_concurrency": args.largenet_concurrency,
-                                    "memory_minutes": args.memory_minutes},
+                                    "phone_concurrency": args.phone_concurrency,
+                                    "repeat_fraction": args.repeat_fraction, "memory_minutes": args.memory_minutes},
                          "payloads": {kind: describe(folder) for kind, folder in payloads.items()}, "rounds": []}
         if set(args.systems) & set(systems.V2_SYSTEMS):  # before the rounds: a first build takes minutes
             print(f"tritonclient: {triton_python()}", flush=True)
@@ -198,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 results["rounds"].append({name: run_system(name, ctx, args, r) if time.time() < deadline
                                           else {"skipped": f"over the --max-minutes {args.max_minutes:g} budget"}
-                                          for name in args.systems})
+                                          for name in round_systems(args)})
             minutes = min(args.memory_minutes, (deadline - time.time()) / 60 - 1)  # 1 min: start-up and report
             if args.memory_minutes > 0 and "featurizer" in args.systems and minutes >= 1:
                 print(f"memory check: {minutes:.1f} min of 64 callers ...", flush=True)

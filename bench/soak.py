@@ -86,7 +86,7 @@ def client(index: int, channel: grpc.Channel, until: float, tally: Tally, payloa
     rng = random.Random(index)
     stubs = {m: channel.unary_unary(f"/featurizer.v1.Featurizer/{m}", request_serializer=lambda b: b,
                                     response_deserializer=RESPONSES[m].FromString) for m in RESPONSES}
-    kinds, weights = zip(*MIX)
+    kinds, weights = zip(*MIX, strict=True)
     while time.monotonic() < until:
         kind = rng.choices(kinds, weights)[0]
         image = pb.Image(encoded=rng.choice(payloads))

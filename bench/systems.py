@@ -29,9 +29,13 @@ LISTENING = r"listening on 127\.0\.0\.1:(\d+)"
 FEATURIZER_GRPC = r"featurizer listening on 127\.0\.0\.1:(\d+)"
 FEATURIZER_HTTP = r"v2 HTTP listening on 127\.0\.0\.1:(\d+)"
 START_TIMEOUT_S = 180.0
-# v2-grpc and v2-http: the same featurizer server, loaded through tritonclient (Open Inference Protocol)
-SERVERS = ("featurizer", "v2-grpc", "v2-http", "naive", "litserve", "pytriton", "echo")
+# v2-grpc and v2-http: the same featurizer server, loaded through tritonclient (Open Inference Protocol);
+# featurizer-cache: featurizer with its response cache on, for the repeat workload only
+SERVERS = ("featurizer", "featurizer-cache", "v2-grpc", "v2-http", "naive", "litserve", "pytriton", "echo")
 V2_SYSTEMS = ("v2-grpc", "v2-http")
+CACHED = "featurizer-cache"
+FEATURIZER_SYSTEMS = ("featurizer", CACHED, *V2_SYSTEMS)
+CACHE_BYTES = 256 * 1024 * 1024  # featurizer-cache's --cache-bytes: far more than a run's unique rows
 
 
 class Protocol(StrEnum):
@@ -46,7 +50,7 @@ class Protocol(StrEnum):
 @dataclass(frozen=True)
 class Context:
     registry: Path
-    payloads: dict[str, Path]   # "full" and "small" folders
+    payloads: dict[str, Path]   # "full", "phone" and "small" folders
     log_dir: Path
     max_batch_size: int = 64     # featurizer's defaults, given to the peers' batchers too
     max_delay_ms: float = 2.0
@@ -74,10 +78,14 @@ def start(name: str, ctx: Context, round_index: int) -> Running:
     """Start ``name`` and wait until it has answered a real request."""
     py = sys.executable
     log_name = f"{name}-r{round_index}"
-    if name == "featurizer" or name in V2_SYSTEMS:  # as shipped: default settings, only addresses are chosen
+    if name in FEATURIZER_SYSTEMS:  # as shipped: default settings, only addresses (and the cache) are chosen
         http = ["--http-port", "0"] if name == "v2-http" else []
+        # The cache is off by default; said explicitly, as a FEATURIZER_CACHE_BYTES in the environment
+        # would turn every cycling load into cache hits.
+        cache = ["--cache-bytes", str(CACHE_BYTES if name == CACHED else 0)]
         child = Child(log_name, [py, "-m", "featurizer", "serve", "--registry", str(ctx.registry),
-                                 "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *http], ctx.log_dir)
+                                 "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *http, *cache],
+                      ctx.log_dir)
         grpc_target = _grpc_target(child, FEATURIZER_GRPC)
         target = _grpc_target(child, FEATURIZER_HTTP) if name == "v2-http" else grpc_target
         protocol = {"v2-grpc": Protocol.V2_GRPC, "v2-http": Protocol.V2_HTTP}.get(name, Protocol.GRPC)
