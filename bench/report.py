@@ -21,6 +21,7 @@ from systems import CACHE_BYTES, CACHED
 BENCH = Path(__file__).resolve().parent
 ANALYSIS = BENCH / "where_time_goes.md"
 DECODING = BENCH / "decoding.md"  # hand-written: bench/decode_deviation.py's table and what it decided
+EARLIER = BENCH / "earlier_runs.md"  # hand-written: figures of earlier runs a reduced run would drop
 PYTRITON = BENCH / "peers" / "PYTRITON.md"
 PEERS = ("litserve", "pytriton")
 V2 = ("v2-grpc", "v2-http")  # featurizer over the Open Inference Protocol, loaded by tritonclient
@@ -190,6 +191,8 @@ def markdown(results: dict, json_path: Path, images: list[Path]) -> str:
                 f"after the first minute, {mem['end_rss_bytes'] / 2**20:.0f} MiB at the end "
                 f"({(mem['growth'] or 0) * 100:+.1f}%), peak {mem['peak_rss_bytes'] / 2**20:.0f} MiB.", ""]
     out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    if EARLIER.exists():
+        out += [EARLIER.read_text().strip(), ""]
     if ANALYSIS.exists():
         out += [ANALYSIS.read_text().strip(), ""]
     if DECODING.exists():
